@@ -1,0 +1,127 @@
+"""The `pfn` command line: train, export, predict, bench, example."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from pfn.config import load_config
+    from pfn.training import train
+
+    config = load_config(args.config, overrides)
+    path = train(config, ckpt_path=args.ckpt_path)
+    print(f"model written to {path}")
+
+
+def _export(args: argparse.Namespace, overrides: list[str]) -> None:
+    from pfn.checkpoint import save_model
+    from pfn.training import PFNModule
+
+    # Lightning's own checkpoints are pickles: export only those you wrote yourself.
+    module = PFNModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False)
+    path = save_model(module, args.out, trained_steps=int(args.steps) if args.steps else None)
+    print(f"model written to {path}")
+
+
+def _predict(args: argparse.Namespace, overrides: list[str]) -> None:
+    import numpy as np
+
+    import pfn
+
+    model = pfn.load(args.model)
+    context = np.loadtxt(args.context, delimiter=",", ndmin=2, skiprows=1 if args.header else 0)
+    query = np.loadtxt(args.query, delimiter=",", ndmin=2, skiprows=1 if args.header else 0)
+    if context.shape[1] < 2:
+        raise SystemExit(f"{args.context}: need feature columns followed by a target column, got {context.shape[1]} column(s)")
+    quantiles = [float(q) for q in args.quantiles.split(",")]
+    table = model.predict_table(context[:, :-1], context[:, -1], query, quantiles=quantiles)
+    header = ",".join(table)
+    rows = np.column_stack(list(table.values()))
+    if args.out:
+        np.savetxt(args.out, rows, delimiter=",", header=header, comments="", fmt="%.6g")
+        print(f"predictions for {len(rows)} query points written to {args.out}")
+    else:
+        np.savetxt(sys.stdout, rows, delimiter=",", header=header, comments="", fmt="%.6g")
+
+
+def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
+    from pfn.bench import run_gp_bench
+
+    if args.prior != "gp":
+        raise SystemExit(f"unknown benchmark {args.prior!r}; available: gp")
+    contexts = [int(c) for c in args.context.split(",")]
+    features = [int(f) for f in args.features.split(",")]
+    run_gp_bench(
+        args.model,
+        contexts=contexts,
+        features=features,
+        num_datasets=args.datasets,
+        num_queries=args.queries,
+        seed=args.seed,
+        out_dir=Path(args.out_dir),
+    )
+
+
+def _example(args: argparse.Namespace, overrides: list[str]) -> None:
+    from pfn.example import run_example
+
+    run_example(args.model, num_context=args.context, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pfn", description="Prior-data fitted networks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a PFN from a YAML config", description="Any config key can be overridden, e.g. --model.emsize 128"
+    )
+    train.add_argument("--config", help="YAML config file (defaults apply where omitted)")
+    train.add_argument("--ckpt_path", help="resume: a Lightning checkpoint, or 'last' for the run's latest")
+    train.set_defaults(run=_train)
+
+    export = commands.add_parser("export", help="turn a Lightning training checkpoint into a .pfn model file")
+    export.add_argument("ckpt")
+    export.add_argument("--out", required=True)
+    export.add_argument("--steps", help="number of training steps, recorded in the file")
+    export.set_defaults(run=_export)
+
+    predict = commands.add_parser("predict", help="predict query points from a context, CSV in and out")
+    predict.add_argument("--model", default="gp", help="shipped model name or .pfn path")
+    predict.add_argument("--context", required=True, help="CSV: feature columns, then the target column")
+    predict.add_argument("--query", required=True, help="CSV: feature columns")
+    predict.add_argument("--out", help="output CSV (default: stdout)")
+    predict.add_argument("--quantiles", default="0.05,0.5,0.95")
+    predict.add_argument("--header", action="store_true", help="the CSV files have a header row")
+    predict.set_defaults(run=_predict)
+
+    bench = commands.add_parser("bench", help="compare a PFN with the exact Bayesian answer on prior data")
+    bench.add_argument("prior", help="benchmark name: gp")
+    bench.add_argument("--model", default="gp")
+    bench.add_argument("--context", default="1,2,5,10,20,50,100", help="context sizes")
+    bench.add_argument("--features", default="1,2,3,4,5", help="numbers of input features")
+    bench.add_argument("--datasets", type=int, default=100, help="datasets per context size and feature count")
+    bench.add_argument("--queries", type=int, default=10, help="query points per dataset")
+    bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
+    bench.add_argument("--out_dir", default="benchmarks/results")
+    bench.set_defaults(run=_bench)
+
+    example = commands.add_parser("example", help="predict a dataset from the model's prior, next to the exact GP")
+    example.add_argument("--model", default="gp")
+    example.add_argument("--context", type=int, default=8)
+    example.add_argument("--seed", type=int, default=0)
+    example.set_defaults(run=_example)
+
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    try:
+        args.run(args, overrides)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Training configs: YAML files with four sections (prior, model, data, train) and command-line overrides.
+
+Every key is checked: a typo is an error that names the key and suggests the closest valid one.
+Overrides use dotted keys, e.g. ``--model.emsize 128`` or ``--prior.lengthscale=0.3``; values
+are parsed as YAML, so numbers, lists and mappings work.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    emsize: int = 256
+    nlayers: int = 6
+    nhead: int = 4
+    nhid: int = 512
+    dropout: float = 0.0
+    max_features: int = 5
+    num_buckets: int = 1000
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 64
+    num_points: int = 100  # context + query points per dataset
+    min_features: int = 1  # features per batch drawn uniformly in [min_features, model.max_features]
+    min_context: int = 0  # context points per batch drawn uniformly in [min_context, max_context]
+    max_context: int | None = None  # default: num_points - 1
+    border_datasets: int = 2000  # prior datasets drawn to place the bucket borders
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 10_000
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    precision: str = "auto"  # "auto": bf16-mixed on GPU, 32-true on CPU
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = 500
+    log_every: int = 50
+    output_dir: str = "runs/default"
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    logger: str = "csv"  # "csv", "wandb" or "none"
+    prior: dict[str, Any] = field(default_factory=lambda: {"name": "gp"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        return _build(cls, values, prefix="")
+
+    def validate(self) -> Config:
+        if self.logger not in ("csv", "wandb", "none"):
+            raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {self.logger!r}")
+        for name in ("emsize", "nlayers", "nhead", "nhid", "max_features"):
+            if getattr(self.model, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self.model, name)}")
+        if self.model.num_buckets < 2:
+            raise ValueError(f"model.num_buckets must be >= 2, got {self.model.num_buckets}")
+        if self.data.num_points < 2:
+            raise ValueError(f"data.num_points must be >= 2, got {self.data.num_points}")
+        if not 1 <= self.data.min_features <= self.model.max_features:
+            raise ValueError(f"data.min_features must be in [1, model.max_features={self.model.max_features}]")
+        max_context = self.data.max_context if self.data.max_context is not None else self.data.num_points - 1
+        if not 0 <= self.data.min_context <= max_context <= self.data.num_points - 1:
+            raise ValueError(
+                "need 0 <= data.min_context <= data.max_context <= data.num_points - 1 "
+                f"(got {self.data.min_context}, {max_context}, {self.data.num_points})"
+            )
+        if self.train.max_steps < 1 or self.train.checkpoint_every < 1:
+            raise ValueError("train.max_steps and train.checkpoint_every must be >= 1")
+        return self
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown config key '{prefix}{key}'{hint}; valid keys: {', '.join(fields)}")
+        field_type = fields[key].type
+        nested = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig}.get(str(field_type))
+        kwargs[key] = _build(nested, value, prefix=f"{prefix}{key}.") if nested else value
+    return cls(**kwargs)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--a.b value`` / ``--a.b=value`` overrides to a nested config dict (returns a copy)."""
+    values = copy.deepcopy(values)
+    pairs: list[tuple[str, str]] = []
+    index = 0
+    while index < len(overrides):
+        token = overrides[index]
+        if not token.startswith("--"):
+            raise ValueError(f"expected an override like --model.emsize 128, got {token!r}")
+        if "=" in token:
+            key, raw = token[2:].split("=", 1)
+            index += 1
+        else:
+            if index + 1 >= len(overrides):
+                raise ValueError(f"override {token} needs a value")
+            key, raw = token[2:], overrides[index + 1]
+            index += 2
+        pairs.append((key, raw))
+    for key, raw in pairs:
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"cannot override '{key}': '{parent}' is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply overrides, check every key and value."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+    values = apply_overrides(values, overrides or [])
+    return Config.from_dict(values).validate()

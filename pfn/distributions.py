@@ -1,0 +1,255 @@
+"""The Riemann ("bar") distribution: a piecewise-constant density with half-normal tails.
+
+K buckets are separated by borders b_0 < b_1 < ... < b_K. Bucket k (0 < k < K-1) has the
+uniform density p_k / (b_{k+1} - b_k) on [b_k, b_{k+1}). The two outer buckets are replaced
+by half-normal tails so the support is the whole real line: bucket 0 holds mass p_0 spread as
+a half-normal over (-inf, b_1], bucket K-1 holds p_{K-1} over [b_{K-1}, inf). Each tail's
+scale puts its median at the outer border (b_0 or b_K), so half the tail mass lies where the
+bucket would have been.
+
+All quantities are closed form and batched over any leading dimensions (the `batch_shape`);
+`logits` are [..., K] and `borders` [..., K+1] (broadcastable to the logits' leading shape).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Phi^{-1}(0.75): the median of a half-normal with unit scale.
+HALF_NORMAL_MEDIAN = 0.6744897501960817
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _normal_pdf(z: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
+
+
+def _normal_sf(z: torch.Tensor) -> torch.Tensor:
+    """1 - Phi(z), accurate in the upper tail."""
+    return 0.5 * torch.erfc(z / math.sqrt(2.0))
+
+
+class RiemannDistribution:
+    """Predictive distribution over a real-valued target; one per query point.
+
+    Args:
+        logits: [..., K] unnormalised log-probabilities of the K buckets.
+        borders: [..., K+1] strictly increasing bucket borders, broadcastable to the logits.
+    """
+
+    def __init__(self, logits: torch.Tensor, borders: torch.Tensor) -> None:
+        num_buckets = logits.shape[-1]
+        if num_buckets < 2:
+            raise ValueError(f"a Riemann distribution needs at least 2 buckets, got {num_buckets}")
+        if borders.shape[-1] != num_buckets + 1:
+            raise ValueError(f"need {num_buckets + 1} borders for {num_buckets} buckets, got {borders.shape[-1]}")
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        self.logits = logits.to(dtype)
+        self.batch_shape = logits.shape[:-1]
+        self.borders = borders.to(dtype).expand(*self.batch_shape, num_buckets + 1)
+        self.num_buckets = num_buckets
+
+    # -- building blocks --------------------------------------------------------------------
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """[..., K] log-probability of each bucket."""
+        return F.log_softmax(self.logits, dim=-1)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """[..., K] probability of each bucket."""
+        return F.softmax(self.logits, dim=-1)
+
+    @property
+    def widths(self) -> torch.Tensor:
+        return self.borders[..., 1:] - self.borders[..., :-1]
+
+    @property
+    def left_scale(self) -> torch.Tensor:
+        return self.widths[..., 0] / HALF_NORMAL_MEDIAN
+
+    @property
+    def right_scale(self) -> torch.Tensor:
+        return self.widths[..., -1] / HALF_NORMAL_MEDIAN
+
+    def _broadcast(self, value: torch.Tensor | float) -> tuple[torch.Tensor, torch.Size]:
+        """Value as a tensor of the broadcast shape of `value` and `batch_shape`."""
+        value = torch.as_tensor(value, dtype=self.logits.dtype, device=self.logits.device)
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape)
+        return value.expand(shape), shape
+
+    @staticmethod
+    def _expand(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return tensor.expand(*shape, tensor.shape[-1])
+
+    def _bucket_of(self, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Index of the bucket holding each value; tails own everything beyond b_1 / b_{K-1}."""
+        inner = self._expand(self.borders[..., 1:-1], shape).contiguous()
+        return torch.searchsorted(inner, value.unsqueeze(-1).contiguous(), right=True).squeeze(-1)
+
+    @staticmethod
+    def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return tensor.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+    # -- densities --------------------------------------------------------------------------
+    def log_prob(self, value: torch.Tensor | float) -> torch.Tensor:
+        value, shape = self._broadcast(value)
+        bucket = self._bucket_of(value, shape)
+        log_mass = self._take(self._expand(self.log_probs, shape), bucket)
+        borders = self._expand(self.borders, shape)
+        inner_density = -torch.log(self._take(self._expand(self.widths, shape), bucket))
+
+        def log_half_normal(distance: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return math.log(2.0) - torch.log(scale) - 0.5 * math.log(2 * math.pi) - 0.5 * (distance / scale) ** 2
+
+        left = log_half_normal(borders[..., 1] - value, self.left_scale.expand(shape))
+        right = log_half_normal(value - borders[..., -2], self.right_scale.expand(shape))
+        density = torch.where(bucket == 0, left, torch.where(bucket == self.num_buckets - 1, right, inner_density))
+        return log_mass + density
+
+    def pdf(self, value: torch.Tensor | float) -> torch.Tensor:
+        return self.log_prob(value).exp()
+
+    def cdf(self, value: torch.Tensor | float) -> torch.Tensor:
+        value, shape = self._broadcast(value)
+        bucket = self._bucket_of(value, shape)
+        probs = self._expand(self.probs, shape)
+        borders = self._expand(self.borders, shape)
+        mass_below = torch.cumsum(probs, -1) - probs  # [..., K] mass of all buckets before k
+        fraction = (value - self._take(borders, bucket)) / self._take(self._expand(self.widths, shape), bucket)
+        inner = self._take(mass_below, bucket) + self._take(probs, bucket) * fraction
+        root2 = math.sqrt(2.0)
+        left = probs[..., 0] * torch.erfc((borders[..., 1] - value) / (self.left_scale.expand(shape) * root2))
+        right = mass_below[..., -1] + probs[..., -1] * torch.erf(
+            (value - borders[..., -2]) / (self.right_scale.expand(shape) * root2)
+        )
+        cdf = torch.where(bucket == 0, left, torch.where(bucket == self.num_buckets - 1, right, inner))
+        return cdf.clamp(0.0, 1.0)
+
+    def icdf(self, quantile: torch.Tensor | float) -> torch.Tensor:
+        """The inverse of `cdf`; `quantile` in [0, 1] broadcasts with the batch shape."""
+        quantile, shape = self._broadcast(quantile)
+        if ((quantile < 0) | (quantile > 1)).any():
+            raise ValueError("quantiles must lie in [0, 1]")
+        probs = self._expand(self.probs, shape)
+        borders = self._expand(self.borders, shape)
+        mass_upto = torch.cumsum(probs, -1)
+        mass_below = mass_upto - probs
+        bucket = torch.searchsorted(mass_upto.contiguous(), quantile.unsqueeze(-1).contiguous(), right=True)
+        bucket = bucket.squeeze(-1).clamp(max=self.num_buckets - 1)
+        p = self._take(probs, bucket).clamp_min(torch.finfo(probs.dtype).tiny)
+        fraction = ((quantile - self._take(mass_below, bucket)) / p).clamp(0.0, 1.0)
+        inner = self._take(borders, bucket) + fraction * self._take(self._expand(self.widths, shape), bucket)
+        # Tails invert the half-normal cdf; q -> 0 and q -> 1 give -inf and +inf.
+        left_fraction = (quantile / probs[..., 0].clamp_min(torch.finfo(probs.dtype).tiny)).clamp(0.0, 1.0)
+        left = borders[..., 1] - self.left_scale.expand(shape) * torch.special.ndtri(1.0 - left_fraction / 2)
+        right_fraction = ((quantile - mass_below[..., -1]) / probs[..., -1].clamp_min(torch.finfo(probs.dtype).tiny))
+        right = borders[..., -2] + self.right_scale.expand(shape) * torch.special.ndtri(
+            (1.0 + right_fraction.clamp(0.0, 1.0)) / 2
+        )
+        return torch.where(bucket == 0, left, torch.where(bucket == self.num_buckets - 1, right, inner))
+
+    quantile = icdf
+
+    # -- summaries --------------------------------------------------------------------------
+    def _bucket_means(self) -> torch.Tensor:
+        """[..., K] mean of the density within each bucket (tails: half-normal means)."""
+        means = (self.borders[..., 1:] + self.borders[..., :-1]) / 2
+        left = self.borders[..., 1] - self.left_scale * SQRT_2_OVER_PI
+        right = self.borders[..., -2] + self.right_scale * SQRT_2_OVER_PI
+        return torch.cat([left[..., None], means[..., 1:-1], right[..., None]], dim=-1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.probs * self._bucket_means()).sum(-1)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        # Law of total variance over buckets: within-bucket variance + spread of bucket means.
+        within = self.widths**2 / 12
+        tail_factor = 1.0 - 2.0 / math.pi
+        within = torch.cat(
+            [(self.left_scale**2 * tail_factor)[..., None], within[..., 1:-1], (self.right_scale**2 * tail_factor)[..., None]],
+            dim=-1,
+        )
+        spread = (self._bucket_means() - self.mean[..., None]) ** 2
+        return (self.probs * (within + spread)).sum(-1)
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        return self.variance.sqrt()
+
+    @property
+    def median(self) -> torch.Tensor:
+        return self.icdf(0.5)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """Location of the highest density (a bucket's midpoint, or a tail's inner border)."""
+        peak_density = self.probs / self.widths
+        half_normal_peak = 2.0 / math.sqrt(2.0 * math.pi)
+        peak_density[..., 0] = self.probs[..., 0] * half_normal_peak / self.left_scale
+        peak_density[..., -1] = self.probs[..., -1] * half_normal_peak / self.right_scale
+        location = (self.borders[..., 1:] + self.borders[..., :-1]) / 2
+        location[..., 0] = self.borders[..., 1]
+        location[..., -1] = self.borders[..., -2]
+        return self._take(location, peak_density.argmax(-1))
+
+    def sample(self, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws of shape sample_shape + batch_shape, by inverting the cdf."""
+        uniform = torch.rand(
+            *sample_shape, *self.batch_shape, generator=generator, device=self.logits.device, dtype=self.logits.dtype
+        )
+        return self.icdf(uniform)
+
+    # -- Bayesian optimisation ----------------------------------------------------------------
+    def expected_improvement(self, best: torch.Tensor | float, maximize: bool = True) -> torch.Tensor:
+        """E[max(y - best, 0)] (or E[max(best - y, 0)] when minimising), in closed form."""
+        best, shape = self._broadcast(best)
+        if not maximize:
+            # (best - y)+ = (y - best)+ - (y - best)
+            return self.expected_improvement(best, maximize=True) - (self.mean.expand(shape) - best)
+        f = best.unsqueeze(-1)
+        borders = self._expand(self.borders, shape)
+        lower, upper = borders[..., :-1], borders[..., 1:]
+        probs = self._expand(self.probs, shape)
+        # Uniform bucket [a, b): mean gain above f.
+        inner = torch.where(
+            f <= lower,
+            (lower + upper) / 2 - f,
+            torch.where(f >= upper, torch.zeros_like(f + lower), (upper - f).clamp_min(0) ** 2 / (2 * (upper - lower))),
+        )
+        # Right tail: y = c + z with z half-normal(s).
+        c, s = borders[..., -2], self.right_scale.expand(shape)
+        d = best - c
+        above = 2 * (s * _normal_pdf(d / s) - d * _normal_sf(d / s))
+        right = torch.where(d <= 0, -d + s * SQRT_2_OVER_PI, above)
+        # Left tail: y = c - z; only the part of the tail above `best` counts.
+        c, s = borders[..., 1], self.left_scale.expand(shape)
+        e = c - best
+        left_gain = e - s * SQRT_2_OVER_PI + 2 * (s * _normal_pdf(e / s) - e * _normal_sf(e / s))
+        left = torch.where(e > 0, left_gain, torch.zeros_like(e))
+        gains = torch.cat([left[..., None], inner[..., 1:-1], right[..., None]], dim=-1)
+        return (probs * gains).sum(-1).clamp_min(0.0)
+
+    def probability_of_improvement(self, best: torch.Tensor | float, maximize: bool = True) -> torch.Tensor:
+        cdf = self.cdf(best)
+        return 1.0 - cdf if maximize else cdf
+
+    # -- units ------------------------------------------------------------------------------
+    def affine(self, loc: torch.Tensor | float, scale: torch.Tensor | float) -> RiemannDistribution:
+        """The distribution of loc + scale * y; `scale` must be positive. Batched like the logits."""
+        loc = torch.as_tensor(loc, dtype=self.borders.dtype, device=self.borders.device)
+        scale = torch.as_tensor(scale, dtype=self.borders.dtype, device=self.borders.device)
+        if (scale <= 0).any():
+            raise ValueError("affine scale must be positive")
+        return RiemannDistribution(self.logits, self.borders * scale[..., None] + loc[..., None])
+
+    def __getitem__(self, index) -> RiemannDistribution:
+        return RiemannDistribution(self.logits[index], self.borders[index])
+
+    def __repr__(self) -> str:
+        return f"RiemannDistribution(batch_shape={tuple(self.batch_shape)}, num_buckets={self.num_buckets})"

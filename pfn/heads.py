@@ -1,0 +1,45 @@
+"""Output heads: turn the backbone's logits into a distribution and know their own loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pfn.distributions import RiemannDistribution
+
+
+def borders_from_samples(y: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """Bucket borders at equally spaced quantiles of targets drawn from the prior: [num_buckets + 1].
+
+    Each bucket then holds the same prior mass, so resolution is spent where the targets are.
+    """
+    y = y.flatten().double()
+    if not torch.isfinite(y).all():
+        raise ValueError("prior samples for the bucket borders contain NaN or inf")
+    if y.numel() < 10 * num_buckets:
+        raise ValueError(f"need at least {10 * num_buckets} prior samples for {num_buckets} buckets, got {y.numel()}")
+    levels = torch.linspace(0, 1, num_buckets + 1, dtype=torch.float64)
+    # torch.quantile is limited to 16M elements; a sorted subset is as good for this purpose.
+    borders = torch.quantile(y[: 2**24], levels)
+    if not (borders[1:] > borders[:-1]).all():
+        raise ValueError("bucket borders are not strictly increasing: the prior's targets have repeated values")
+    return borders.float()
+
+
+class RiemannHead(nn.Module):
+    """Regression head: logits over the buckets define a `RiemannDistribution`; loss = NLL."""
+
+    def __init__(self, borders: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("borders", borders.float())
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.borders) - 1
+
+    def distribution(self, logits: torch.Tensor) -> RiemannDistribution:
+        return RiemannDistribution(logits.float(), self.borders)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of `y` per query point: same shape as `y`."""
+        return -self.distribution(logits).log_prob(y.float())

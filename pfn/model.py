@@ -1,0 +1,95 @@
+"""The PFN transformer: context points attend to each other, query points attend to the context.
+
+Every token (context and query) computes a query vector, but keys and values come from the
+context tokens alone, so one `scaled_dot_product_attention` call with no mask implements the
+PFN attention pattern: a query's output never depends on other queries, and permuting the
+context permutes nothing in the output. A learned "empty context" token is always present among
+the keys, which makes a context of zero points (the prior predictive) well defined.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class ContextAttention(nn.Module):
+    def __init__(self, emsize: int, nhead: int, dropout: float) -> None:
+        super().__init__()
+        if emsize % nhead != 0:
+            raise ValueError(f"emsize ({emsize}) must be divisible by nhead ({nhead})")
+        self.nhead = nhead
+        self.query = nn.Linear(emsize, emsize)
+        self.key_value = nn.Linear(emsize, 2 * emsize)
+        self.out = nn.Linear(emsize, emsize)
+        self.dropout = dropout
+
+    def forward(self, tokens: torch.Tensor, num_keys: int) -> torch.Tensor:
+        # tokens: [batch, tokens, emsize]; the first `num_keys` tokens are the context.
+        q = rearrange(self.query(tokens), "b n (h d) -> b h n d", h=self.nhead)
+        k, v = rearrange(self.key_value(tokens[:, :num_keys]), "b n (two h d) -> two b h n d", two=2, h=self.nhead)
+        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(rearrange(attended, "b h n d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with context-only attention."""
+
+    def __init__(self, emsize: int, nhead: int, nhid: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(emsize)
+        self.attention = ContextAttention(emsize, nhead, dropout)
+        self.norm2 = nn.LayerNorm(emsize)
+        self.mlp = nn.Sequential(nn.Linear(emsize, nhid), nn.GELU(), nn.Linear(nhid, emsize), nn.Dropout(dropout))
+
+    def forward(self, tokens: torch.Tensor, num_keys: int) -> torch.Tensor:
+        tokens = tokens + self.attention(self.norm1(tokens), num_keys)
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+class PFNTransformer(nn.Module):
+    """Maps (x_context, y_context, x_query) to `num_outputs` logits per query point.
+
+    Inputs with fewer than `max_features` features are zero-padded and rescaled by
+    max_features / num_features, as in the PFN paper, so one model serves 1..max_features.
+    """
+
+    def __init__(
+        self,
+        max_features: int,
+        num_outputs: int,
+        emsize: int = 256,
+        nlayers: int = 6,
+        nhead: int = 4,
+        nhid: int = 512,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.max_features = max_features
+        self.x_encoder = nn.Linear(max_features, emsize)
+        self.y_encoder = nn.Linear(1, emsize)
+        self.empty_context = nn.Parameter(torch.randn(emsize) * 0.02)
+        self.blocks = nn.ModuleList(Block(emsize, nhead, nhid, dropout) for _ in range(nlayers))
+        self.norm = nn.LayerNorm(emsize)
+        self.decoder = nn.Sequential(nn.Linear(emsize, nhid), nn.GELU(), nn.Linear(nhid, num_outputs))
+
+    def encode_x(self, x: torch.Tensor) -> torch.Tensor:
+        num_features = x.shape[-1]
+        if num_features > self.max_features:
+            raise ValueError(f"got {num_features} features; this model supports at most {self.max_features}")
+        padded = F.pad(x, (0, self.max_features - num_features)) * (self.max_features / num_features)
+        return self.x_encoder(padded)
+
+    def forward(self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        # x_context: [b, c, f], y_context: [b, c], x_query: [b, q, f] -> logits [b, q, num_outputs]
+        batch, num_context = y_context.shape
+        context = self.encode_x(x_context) + self.y_encoder(y_context.unsqueeze(-1))  # [b, c, e]
+        queries = self.encode_x(x_query)  # [b, q, e]
+        empty = self.empty_context.expand(batch, 1, -1).to(queries.dtype)
+        tokens = torch.cat([empty, context, queries], dim=1)  # [b, 1 + c + q, e]
+        num_keys = 1 + num_context
+        for block in self.blocks:
+            tokens = block(tokens, num_keys)
+        return self.decoder(self.norm(tokens[:, num_keys:]))

@@ -1,0 +1,178 @@
+"""Training with PyTorch Lightning: datasets drawn from the prior on the training device.
+
+`PriorDataModule` streams batches drawn from the prior; batch number `step` is drawn from a
+generator seeded by (seed, rank, step), so the same seed gives the same batches and a resumed
+run continues with exactly the batches it would have seen. `PFNModule` holds the backbone and
+the head and knows the loss; the Lightning `Trainer` runs the loop.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from pfn.config import Config
+from pfn.heads import RiemannHead, borders_from_samples
+from pfn.model import PFNTransformer
+from priors import Prior, build_prior
+
+
+def seeded_generators(seed: int, *stream: int, device: torch.device | str = "cpu") -> tuple[torch.Generator, torch.Generator]:
+    """A CPU generator (for batch structure) and a device generator (for the data), both from
+    the seed sequence (seed, *stream)."""
+    cpu_seed, device_seed = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint64)
+    cpu = torch.Generator().manual_seed(int(cpu_seed) >> 1)
+    on_device = torch.Generator(device=device).manual_seed(int(device_seed) >> 1)
+    return cpu, on_device
+
+
+def draw_training_batch(prior: Prior, config: Config, step: int, rank: int = 0,
+                        device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Batch number `step` for process `rank`: datasets plus how many points are context."""
+    data = config.data
+    structure, generator = seeded_generators(config.seed, rank, step, device=device)
+    num_features = int(torch.randint(data.min_features, config.model.max_features + 1, (), generator=structure))
+    max_context = data.max_context if data.max_context is not None else data.num_points - 1
+    num_context = int(torch.randint(data.min_context, max_context + 1, (), generator=structure))
+    batch = prior.sample(data.batch_size, data.num_points, num_features, generator, device)
+    return {"x": batch.x, "y": batch.y, "num_context": num_context}
+
+
+def prior_borders(prior: Prior, config: Config) -> torch.Tensor:
+    """Bucket borders from quantiles of targets drawn from the prior (its own seed stream)."""
+    samples = []
+    datasets_per_draw = 250
+    for draw in range(math.ceil(config.data.border_datasets / datasets_per_draw)):
+        structure, generator = seeded_generators(config.seed, 10**6, draw)
+        features = int(torch.randint(config.data.min_features, config.model.max_features + 1, (), generator=structure))
+        samples.append(prior.sample(datasets_per_draw, config.data.num_points, features, generator).y)
+    return borders_from_samples(torch.cat(samples), config.model.num_buckets)
+
+
+class PriorStream(IterableDataset):
+    """An endless stream of prior batches that starts at the trainer's current step."""
+
+    def __init__(self, datamodule: PriorDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        trainer = self.datamodule.trainer
+        step = trainer.global_step if trainer is not None else 0
+        rank = trainer.global_rank if trainer is not None else 0
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        while True:
+            yield draw_training_batch(self.datamodule.prior, self.datamodule.config, step, rank, device)
+            step += 1
+
+
+class PriorDataModule(L.LightningDataModule):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.prior = build_prior(config.prior)
+
+    def train_dataloader(self) -> DataLoader:
+        # Batches are drawn on the training device in this process: no workers, no collation.
+        return DataLoader(PriorStream(self), batch_size=None, num_workers=0)
+
+
+class PFNModule(L.LightningModule):
+    """The PFN's training logic: backbone + Riemann head, loss = NLL of the query targets."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = Config.from_dict(config).validate()
+        prior = build_prior(self.config.prior)
+        model = self.config.model
+        self.head = RiemannHead(prior_borders(prior, self.config))
+        self.backbone = PFNTransformer(
+            max_features=model.max_features,
+            num_outputs=model.num_buckets,
+            emsize=model.emsize,
+            nlayers=model.nlayers,
+            nhead=model.nhead,
+            nhid=model.nhid,
+            dropout=model.dropout,
+        )
+
+    def forward(self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x_context, y_context, x_query)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x, y, n = batch["x"], batch["y"], batch["num_context"]
+        logits = self(x[:, :n], y[:, :n], x[:, n:])
+        loss = self.head.loss(logits, y[:, n:]).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        train = self.config.train
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=self.device.type == "cuda"
+        )
+
+        def warmup_cosine(step: int) -> float:
+            if step < train.warmup_steps:
+                return (step + 1) / train.warmup_steps
+            progress = (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def make_trainer(config: Config) -> L.Trainer:
+    train = config.train
+    output = Path(train.output_dir)
+    precision = train.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if torch.cuda.is_available() and train.accelerator in ("auto", "gpu", "cuda") else "32-true"
+    if config.logger == "csv":
+        logger = L.pytorch.loggers.CSVLogger(output, name="logs")
+    elif config.logger == "wandb":
+        logger = L.pytorch.loggers.WandbLogger(save_dir=output, project="pfn", config=config.to_dict())
+    else:
+        logger = False
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=output / "checkpoints", every_n_train_steps=train.checkpoint_every, save_last=True, save_top_k=1
+    )
+    return L.Trainer(
+        max_steps=train.max_steps,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        num_nodes=train.num_nodes,
+        strategy=train.strategy,
+        precision=precision,
+        gradient_clip_val=train.grad_clip,
+        logger=logger,
+        callbacks=[checkpoints],
+        log_every_n_steps=train.log_every,
+        enable_progress_bar=train.progress_bar,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=output,
+    )
+
+
+def train(config: Config, ckpt_path: str | None = None) -> Path:
+    """Train from a config (resuming from `ckpt_path`, e.g. "last"); returns the exported model file."""
+    from pfn.checkpoint import save_model
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    trainer = make_trainer(config)
+    module = PFNModule(config.to_dict())
+    if config.train.compile:
+        module.backbone = torch.compile(module.backbone)
+    trainer.fit(module, datamodule=PriorDataModule(config), ckpt_path=ckpt_path)
+    path = Path(config.train.output_dir) / "model.pfn"
+    if trainer.is_global_zero:
+        save_model(module, path, trained_steps=trainer.global_step)
+    return path

@@ -1,0 +1,19 @@
+"""Prior samplers: each draws whole batches of synthetic datasets on a device.
+
+Importing this package registers the built-in priors, so `build_prior({"name": "gp", ...})`
+finds them. This package never imports `pfn`.
+"""
+
+from priors.base import Prior, PriorBatch, available_priors, build_prior, register_prior
+from priors.gp import GPPrior
+from priors.mixture import MixturePrior
+
+__all__ = [
+    "GPPrior",
+    "MixturePrior",
+    "Prior",
+    "PriorBatch",
+    "available_priors",
+    "build_prior",
+    "register_prior",
+]

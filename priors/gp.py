@@ -1,0 +1,122 @@
+"""Gaussian-process prior: f ~ GP(0, outputscale * k(x / lengthscale)), y = f + N(0, noise).
+
+Kernels come from GPyTorch. Hyperparameters are fixed numbers or hyperpriors drawn per
+dataset (see `priors.hyperpriors`). Sampling is batched on the device in float64 so that a
+Cholesky factor of up to a few thousand points is stable with a small jitter.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import gpytorch
+import torch
+from einops import rearrange
+
+from priors.base import Prior, PriorBatch, register_prior
+from priors.hyperpriors import Hyperparameter, check_hyperparameter, sample_hyperparameter
+
+KERNELS = ("rbf", "matern12", "matern32", "matern52")
+
+
+def make_kernel(name: str) -> gpytorch.kernels.Kernel:
+    """A unit-lengthscale GPyTorch kernel; lengthscales are applied by scaling the inputs."""
+    if name == "rbf":
+        kernel = gpytorch.kernels.RBFKernel()
+    elif name in ("matern12", "matern32", "matern52"):
+        kernel = gpytorch.kernels.MaternKernel(nu={"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[name])
+    else:
+        raise ValueError(f"unknown kernel {name!r}; known kernels: {', '.join(KERNELS)}")
+    kernel.lengthscale = 1.0
+    kernel.requires_grad_(False)
+    return kernel
+
+
+def stable_cholesky(matrix: torch.Tensor, jitter: float, max_tries: int = 6) -> torch.Tensor:
+    """Cholesky factor of a batch of PSD matrices, adding growing jitter to those that fail."""
+    eye = torch.eye(matrix.shape[-1], device=matrix.device, dtype=matrix.dtype)
+    scale = matrix.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)  # [batch]
+    factor, info = torch.linalg.cholesky_ex(matrix + jitter * scale[:, None, None] * eye)
+    for attempt in range(1, max_tries):
+        failed = info > 0
+        if not failed.any():
+            return factor
+        bigger = jitter * 10**attempt * scale[failed, None, None]
+        factor[failed], info[failed] = torch.linalg.cholesky_ex(matrix[failed] + bigger * eye)
+    if (info > 0).any():
+        raise RuntimeError(f"Cholesky failed for {int((info > 0).sum())} datasets even with jitter {jitter * 10**max_tries}")
+    return factor
+
+
+@register_prior("gp")
+class GPPrior(Prior):
+    """Gaussian-process regression datasets.
+
+    Args:
+        kernel: one of "rbf", "matern12", "matern32", "matern52".
+        lengthscale, outputscale, noise: a number, or a hyperprior mapping drawn per dataset.
+            `noise` is the variance of the Gaussian observation noise.
+        x_range: inputs are uniform in [low, high]^features.
+        jitter: relative diagonal jitter for the Cholesky factor of the noiseless kernel matrix.
+    """
+
+    def __init__(
+        self,
+        kernel: str = "rbf",
+        lengthscale: Hyperparameter = 0.6,
+        outputscale: Hyperparameter = 1.0,
+        noise: Hyperparameter = 1e-4,
+        x_range: Sequence[float] = (0.0, 1.0),
+        jitter: float = 1e-6,
+    ) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; known kernels: {', '.join(KERNELS)}")
+        check_hyperparameter("lengthscale", lengthscale)
+        check_hyperparameter("outputscale", outputscale)
+        check_hyperparameter("noise", noise)
+        if len(x_range) != 2 or not x_range[0] < x_range[1]:
+            raise ValueError(f"x_range must be [low, high] with low < high, got {x_range!r}")
+        super().__init__(
+            kernel=kernel,
+            lengthscale=lengthscale,
+            outputscale=outputscale,
+            noise=noise,
+            x_range=[float(x_range[0]), float(x_range[1])],
+            jitter=jitter,
+        )
+        self.kernel_name = kernel
+        self.lengthscale = lengthscale
+        self.outputscale = outputscale
+        self.noise = noise
+        self.x_range = (float(x_range[0]), float(x_range[1]))
+        self.jitter = jitter
+        self._kernel = make_kernel(kernel)
+
+    @property
+    def has_fixed_hyperparameters(self) -> bool:
+        return all(isinstance(v, (int, float)) for v in (self.lengthscale, self.outputscale, self.noise))
+
+    def covariance(self, x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor,
+                   outputscale: torch.Tensor) -> torch.Tensor:
+        """outputscale * k(x1 / lengthscale, x2 / lengthscale): [batch, n1, n2], noise-free."""
+        kernel = self._kernel.to(device=x1.device, dtype=x1.dtype)
+        scale = rearrange(lengthscale, "b -> b 1 1")
+        with torch.no_grad():
+            k = kernel.forward(x1 / scale, x2 / scale)
+        return rearrange(outputscale, "b -> b 1 1") * k
+
+    def sample(self, batch_size, num_points, num_features, generator, device="cpu") -> PriorBatch:
+        dtype = torch.float64
+        low, high = self.x_range
+        x = low + (high - low) * torch.rand(batch_size, num_points, num_features, generator=generator,
+                                            device=device, dtype=dtype)
+        lengthscale = sample_hyperparameter(self.lengthscale, batch_size, generator, device, dtype)
+        outputscale = sample_hyperparameter(self.outputscale, batch_size, generator, device, dtype)
+        noise = sample_hyperparameter(self.noise, batch_size, generator, device, dtype)
+
+        factor = stable_cholesky(self.covariance(x, x, lengthscale, outputscale), self.jitter)
+        white = torch.randn(batch_size, num_points, 1, generator=generator, device=device, dtype=dtype)
+        f = (factor @ white).squeeze(-1)  # [batch, points]
+        eps = torch.randn(batch_size, num_points, generator=generator, device=device, dtype=dtype)
+        y = f + noise.sqrt()[:, None] * eps
+        return PriorBatch(x=x.float(), y=y.float(), y_noiseless=f.float())
