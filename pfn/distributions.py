@@ -150,7 +150,10 @@ class RiemannDistribution:
         right = borders[..., -2] + self.right_scale.expand(shape) * torch.special.ndtri(
             (1.0 + right_fraction.clamp(0.0, 1.0)) / 2
         )
-        return torch.where(bucket == 0, left, torch.where(bucket == self.num_buckets - 1, right, inner))
+        result = torch.where(bucket == 0, left, torch.where(bucket == self.num_buckets - 1, right, inner))
+        # The support is the whole real line, even where rounding left a tail with no visible mass.
+        result = torch.where(quantile >= 1, torch.inf, result)
+        return torch.where(quantile <= 0, -torch.inf, result)
 
     quantile = icdf
 

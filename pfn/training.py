@@ -128,7 +128,7 @@ class PFNModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def make_trainer(config: Config) -> L.Trainer:
+def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
     train = config.train
     output = Path(train.output_dir)
     precision = train.precision
@@ -152,7 +152,7 @@ def make_trainer(config: Config) -> L.Trainer:
         precision=precision,
         gradient_clip_val=train.grad_clip,
         logger=logger,
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, *(callbacks or [])],
         log_every_n_steps=train.log_every,
         enable_progress_bar=train.progress_bar,
         enable_model_summary=False,
@@ -162,12 +162,12 @@ def make_trainer(config: Config) -> L.Trainer:
     )
 
 
-def train(config: Config, ckpt_path: str | None = None) -> Path:
+def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callback] | None = None) -> Path:
     """Train from a config (resuming from `ckpt_path`, e.g. "last"); returns the exported model file."""
     from pfn.checkpoint import save_model
 
     L.seed_everything(config.seed, workers=True, verbose=False)
-    trainer = make_trainer(config)
+    trainer = make_trainer(config, callbacks)
     module = PFNModule(config.to_dict())
     if config.train.compile:
         module.backbone = torch.compile(module.backbone)

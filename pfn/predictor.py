@@ -1,0 +1,211 @@
+"""A loaded PFN: validate user arrays, normalise, one forward pass, distribution in user units.
+
+This is the one prediction path; the CLI, the benchmarks and the examples all go through
+`PFN.predict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pfn.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
+from pfn.config import Config
+from pfn.distributions import RiemannDistribution
+from pfn.heads import RiemannHead
+from pfn.model import PFNTransformer
+
+
+def _as_tensor(name: str, value: Any) -> torch.Tensor:
+    if hasattr(value, "to_numpy"):  # pandas DataFrame / Series
+        value = value.to_numpy()
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} must be numeric, got {type(value).__name__}: {error}") from error
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.int16, torch.int8)):
+        raise ValueError(f"{name} must be numeric, got dtype {tensor.dtype}")
+    tensor = tensor.to(torch.float64)
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return tensor
+
+
+@dataclass
+class Normalizer:
+    """Per-dataset affine maps computed from the context alone (so queries stay independent).
+
+    Each feature of x is mapped so the context spans [0, 1]; y is standardised by the context's
+    mean and standard deviation. Where the context cannot define a scale (fewer than two
+    points, or a constant column) the scale is 1 and only the shift (if any) applies.
+    """
+
+    x_loc: torch.Tensor  # [b, 1, f]
+    x_scale: torch.Tensor  # [b, 1, f]
+    y_loc: torch.Tensor  # [b, 1]
+    y_scale: torch.Tensor  # [b, 1]
+
+    @classmethod
+    def fit(cls, x_context: torch.Tensor, y_context: torch.Tensor) -> Normalizer:
+        batch, num_context, num_features = x_context.shape
+        if num_context == 0:
+            zeros = x_context.new_zeros(batch, 1, num_features)
+            return cls(zeros, zeros + 1, y_context.new_zeros(batch, 1), y_context.new_ones(batch, 1))
+        x_min = x_context.amin(1, keepdim=True)
+        x_range = x_context.amax(1, keepdim=True) - x_min
+        y_loc = y_context.mean(1, keepdim=True)
+        y_std = y_context.std(1, keepdim=True) if num_context > 1 else torch.zeros_like(y_loc)
+        return cls(
+            x_loc=x_min,
+            x_scale=torch.where(x_range > 0, x_range, torch.ones_like(x_range)),
+            y_loc=y_loc,
+            y_scale=torch.where(y_std > 0, y_std, torch.ones_like(y_std)),
+        )
+
+    @classmethod
+    def identity(cls, x_context: torch.Tensor) -> Normalizer:
+        batch, _, num_features = x_context.shape
+        zeros = x_context.new_zeros(batch, 1, num_features)
+        return cls(zeros, zeros + 1, x_context.new_zeros(batch, 1), x_context.new_ones(batch, 1))
+
+    def x(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.x_loc) / self.x_scale
+
+    def y(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.y_loc) / self.y_scale
+
+
+class PFN:
+    """A trained PFN ready to predict. Build it with `pfn.load(name_or_path)`."""
+
+    def __init__(self, backbone: PFNTransformer, head: RiemannHead, config: Config,
+                 metadata: dict[str, Any] | None = None, path: Path | None = None) -> None:
+        self.backbone = backbone.eval()
+        self.head = head.eval()
+        self.config = config
+        self.metadata = metadata or {}
+        self.path = path
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> PFN:
+        path = resolve_checkpoint(name_or_path)
+        payload = read_checkpoint(path)
+        try:
+            config = Config.from_dict(payload["config"]).validate()
+            backbone = PFNTransformer(
+                max_features=config.model.max_features,
+                num_outputs=config.model.num_buckets,
+                emsize=config.model.emsize,
+                nlayers=config.model.nlayers,
+                nhead=config.model.nhead,
+                nhid=config.model.nhid,
+                dropout=config.model.dropout,
+            )
+            backbone.load_state_dict(payload["state_dict"])
+            head = RiemannHead(payload["borders"])
+        except (ValueError, RuntimeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{path} does not match this version of the PFN model: {error}") from error
+        return cls(backbone.to(device), head.to(device), config, payload.get("metadata"), path)
+
+    @property
+    def prior_spec(self) -> dict[str, Any]:
+        """The spec of the prior this model was trained on (see `priors.build_prior`)."""
+        return dict(self.config.prior)
+
+    @property
+    def max_features(self) -> int:
+        return self.config.model.max_features
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.borders.device
+
+    def _check_inputs(self, x_context, y_context, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Validated float64 tensors, batched: [b, c, f], [b, c], [b, q, f]; and whether the input was batched."""
+        x_context = _as_tensor("x_context", x_context)
+        y_context = _as_tensor("y_context", y_context)
+        x_query = _as_tensor("x_query", x_query)
+        if x_context.ndim not in (2, 3):
+            raise ValueError(
+                f"x_context must be [n, features] or [batch, n, features], got shape {tuple(x_context.shape)}"
+                + (" (use x.reshape(-1, 1) for a single feature)" if x_context.ndim == 1 else "")
+            )
+        batched = x_context.ndim == 3
+        if x_query.ndim != x_context.ndim:
+            raise ValueError(
+                f"x_query must have the same number of dimensions as x_context ({x_context.ndim}), "
+                f"got shape {tuple(x_query.shape)}"
+            )
+        if y_context.ndim != x_context.ndim - 1:
+            expected = "[batch, n]" if batched else "[n]"
+            raise ValueError(f"y_context must be {expected} to match x_context, got shape {tuple(y_context.shape)}")
+        if not batched:
+            x_context, y_context, x_query = x_context[None], y_context[None], x_query[None]
+        if y_context.shape != x_context.shape[:2]:
+            raise ValueError(
+                f"x_context has {x_context.shape[1]} points (batch {x_context.shape[0]}) but y_context has "
+                f"{y_context.shape[1]} (batch {y_context.shape[0]}): mismatched context lengths"
+            )
+        if x_query.shape[0] != x_context.shape[0]:
+            raise ValueError(f"x_query has batch size {x_query.shape[0]} but x_context has {x_context.shape[0]}")
+        if x_query.shape[1] == 0:
+            raise ValueError("x_query is empty: need at least one query point")
+        num_features = x_context.shape[-1]
+        if x_query.shape[-1] != num_features:
+            raise ValueError(f"x_query has {x_query.shape[-1]} features but x_context has {num_features}")
+        if num_features == 0:
+            raise ValueError("inputs have 0 features: need at least one")
+        if num_features > self.max_features:
+            raise ValueError(f"got {num_features} features, but this model supports at most {self.max_features}")
+        return x_context, y_context, x_query, batched
+
+    @torch.inference_mode()
+    def predict(self, x_context, y_context, x_query, normalize: bool = True) -> RiemannDistribution:
+        """Posterior predictive distribution of y at each query point, in the caller's units.
+
+        Args:
+            x_context: [n, f] or [batch, n, f] inputs with known targets (n may be 0).
+            y_context: [n] or [batch, n] targets.
+            x_query: [q, f] or [batch, q, f] inputs to predict.
+            normalize: map the data to the model's scale first (see `Normalizer`). Pass False
+                only for data already in the units of the model's prior, e.g. samples from it.
+
+        Returns a `RiemannDistribution` with batch shape [q] (or [batch, q]).
+        """
+        x_context, y_context, x_query, batched = self._check_inputs(x_context, y_context, x_query)
+        normalizer = Normalizer.fit(x_context, y_context) if normalize else Normalizer.identity(x_context)
+        device = self.device
+        logits = self.backbone(
+            normalizer.x(x_context).float().to(device),
+            normalizer.y(y_context).float().to(device),
+            normalizer.x(x_query).float().to(device),
+        )
+        distribution = self.head.distribution(logits).affine(normalizer.y_loc.to(device), normalizer.y_scale.to(device))
+        return distribution if batched else distribution[0]
+
+    def predict_table(self, x_context, y_context, x_query, quantiles=(0.05, 0.5, 0.95)) -> dict[str, np.ndarray]:
+        """Mean, standard deviation and quantiles per query point, as named numpy columns."""
+        distribution = self.predict(x_context, y_context, x_query)
+        table = {"mean": distribution.mean, "std": distribution.stddev}
+        for level in quantiles:
+            table[f"q{level:g}"] = distribution.icdf(torch.full(distribution.batch_shape, float(level)))
+        return {name: column.cpu().numpy() for name, column in table.items()}
+
+    def __repr__(self) -> str:
+        model = self.config.model
+        return (
+            f"PFN(prior={self.config.prior.get('name')!r}, max_features={model.max_features}, "
+            f"emsize={model.emsize}, nlayers={model.nlayers}, buckets={model.num_buckets})"
+        )
+
+
+def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> PFN:
+    """Load a shipped model by name (e.g. "gp") or a `.pfn` file by path."""
+    return PFN.load(name_or_path, device)

@@ -1,0 +1,126 @@
+"""The Riemann distribution against numeric integration and Monte Carlo."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+
+from pfn.distributions import RiemannDistribution
+
+
+@pytest.fixture
+def distribution() -> RiemannDistribution:
+    generator = torch.Generator().manual_seed(0)
+    borders = torch.sort(torch.randn(21, generator=generator, dtype=torch.float64))[0]
+    logits = 2 * torch.randn(4, 20, generator=generator, dtype=torch.float64)
+    return RiemannDistribution(logits, borders)
+
+
+def integrate_over(dist: RiemannDistribution, function) -> float:
+    """Integrate function(y) * pdf(y) over the real line, piece by piece (one batch element)."""
+    borders = dist.borders.numpy()
+
+    def integrand(y: float) -> float:
+        return function(y) * float(dist.pdf(torch.tensor(y, dtype=torch.float64)))
+
+    pieces = [(-np.inf, borders[1])] + [(borders[k], borders[k + 1]) for k in range(1, len(borders) - 2)]
+    pieces.append((borders[-2], np.inf))
+    return sum(integrate.quad(integrand, low, high, epsabs=1e-12, epsrel=1e-10)[0] for low, high in pieces)
+
+
+def test_density_integrates_to_one(distribution):
+    for i in range(4):
+        assert integrate_over(distribution[i], lambda y: 1.0) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_mean_and_variance_match_numeric_integration(distribution):
+    for i in range(4):
+        d = distribution[i]
+        mean = integrate_over(d, lambda y: y)
+        second_moment = integrate_over(d, lambda y: y * y)
+        assert float(d.mean) == pytest.approx(mean, abs=1e-8)
+        assert float(d.variance) == pytest.approx(second_moment - mean**2, abs=1e-8)
+
+
+def test_cdf_matches_integrated_density(distribution):
+    d = distribution[1]
+    for y in [-3.0, -1.2, 0.0, 0.4, 2.5]:
+        below = integrate_over(d, lambda t, y=y: float(t <= y))
+        assert float(d.cdf(y)) == pytest.approx(below, abs=1e-6)
+
+
+def test_cdf_and_icdf_are_inverses(distribution):
+    q = torch.linspace(1e-4, 1 - 1e-4, 101, dtype=torch.float64)[:, None]
+    assert torch.allclose(distribution.cdf(distribution.icdf(q)), q.expand(-1, 4), atol=1e-10)
+    y = torch.linspace(-4, 4, 101, dtype=torch.float64)[:, None].expand(-1, 4)
+    cdf = distribution.cdf(y)
+    resolvable = (cdf > 1e-12) & (cdf < 1 - 1e-9)  # beyond this, float64 cannot tell cdf values apart
+    assert resolvable.float().mean() > 0.8
+    assert torch.allclose(distribution.icdf(cdf)[resolvable], y[resolvable], atol=1e-6)
+
+
+def test_tails_reach_the_whole_real_line(distribution):
+    assert torch.isinf(distribution.icdf(0.0)).all() and (distribution.icdf(0.0) < 0).all()
+    assert torch.isinf(distribution.icdf(1.0)).all() and (distribution.icdf(1.0) > 0).all()
+    far = torch.tensor([-50.0, 50.0], dtype=torch.float64)[:, None]
+    assert torch.isfinite(distribution.log_prob(far)).all()
+
+
+def test_log_prob_of_a_known_density():
+    # Equal mass in 4 buckets on borders [0, 1, 2, 4, 5]: the inner buckets are uniform.
+    borders = torch.tensor([0.0, 1.0, 2.0, 4.0, 5.0], dtype=torch.float64)
+    d = RiemannDistribution(torch.zeros(4, dtype=torch.float64), borders)
+    assert float(d.log_prob(1.5)) == pytest.approx(math.log(0.25 / 1.0))
+    assert float(d.log_prob(3.0)) == pytest.approx(math.log(0.25 / 2.0))
+    # Right tail: half-normal with its median at the outer border 5.
+    scale = 1.0 / 0.6744897501960817
+    expected = math.log(0.25) + math.log(2 / (scale * math.sqrt(2 * math.pi))) - 0.5 * (2.0 / scale) ** 2
+    assert float(d.log_prob(6.0)) == pytest.approx(expected)
+    assert float(d.cdf(5.0)) == pytest.approx(0.75 + 0.25 * 0.5)  # tail median at the outer border
+    assert float(d.median) == pytest.approx(2.0)
+
+
+def test_expected_improvement_and_probability_against_monte_carlo(distribution):
+    samples = distribution.sample((400_000,), generator=torch.Generator().manual_seed(1))
+    for best in [-1.0, 0.0, 0.7]:
+        for maximize in (True, False):
+            gain = (samples - best if maximize else best - samples).clamp_min(0)
+            mc, se = gain.mean(0), gain.std(0) / math.sqrt(len(samples))
+            ei = distribution.expected_improvement(best, maximize=maximize)
+            assert ((ei - mc).abs() < 5 * se + 1e-4).all(), (best, maximize, ei, mc)
+            pi = distribution.probability_of_improvement(best, maximize=maximize)
+            mc_pi = ((samples > best) if maximize else (samples < best)).double().mean(0)
+            assert torch.allclose(pi, mc_pi, atol=5e-3)
+
+
+def test_samples_follow_the_distribution(distribution):
+    samples = distribution.sample((200_000,), generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(samples.mean(0), distribution.mean, atol=0.02)
+    assert torch.allclose(samples.var(0), distribution.variance, rtol=0.03)
+
+
+def test_affine_transform_changes_units(distribution):
+    moved = distribution.affine(loc=3.0, scale=2.0)
+    y = torch.tensor([-1.0, 0.3, 2.0], dtype=torch.float64)[:, None]
+    assert torch.allclose(moved.log_prob(3 + 2 * y), distribution.log_prob(y) - math.log(2.0))
+    assert torch.allclose(moved.mean, 3 + 2 * distribution.mean)
+    assert torch.allclose(moved.variance, 4 * distribution.variance)
+    assert torch.allclose(moved.icdf(0.3), 3 + 2 * distribution.icdf(0.3))
+    with pytest.raises(ValueError, match="positive"):
+        distribution.affine(0.0, -1.0)
+
+
+def test_mode_is_the_densest_point():
+    borders = torch.tensor([0.0, 1.0, 1.1, 3.0, 4.0], dtype=torch.float64)
+    d = RiemannDistribution(torch.log(torch.tensor([0.1, 0.2, 0.5, 0.2], dtype=torch.float64)), borders)
+    assert float(d.mode) == pytest.approx(1.05)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="borders"):
+        RiemannDistribution(torch.zeros(3), torch.arange(3.0))
+    d = RiemannDistribution(torch.zeros(3), torch.arange(4.0))
+    with pytest.raises(ValueError, match="quantiles"):
+        d.icdf(1.5)
