@@ -28,13 +28,16 @@ def _timed(function, *args, **kwargs) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def gp_bench_rows(model: PFN, contexts: list[int], features: list[int], num_datasets: int, num_queries: int,
-                  seed: int) -> list[dict[str, Any]]:
+def gp_bench_rows(
+    model: PFN, contexts: list[int], features: list[int], num_datasets: int, num_queries: int, seed: int
+) -> list[dict[str, Any]]:
     """One row per (context size, feature count): mean NLL per query point of PFN and exact GP."""
     prior = build_prior(model.prior_spec)
     if not isinstance(prior, GPPrior) or not prior.has_fixed_hyperparameters:
-        raise ValueError(f"`pfn bench gp` needs a model trained on a GP prior with fixed hyperparameters; "
-                         f"this model's prior is {model.prior_spec}")
+        raise ValueError(
+            f"`pfn bench gp` needs a model trained on a GP prior with fixed hyperparameters; "
+            f"this model's prior is {model.prior_spec}"
+        )
     too_many = [f for f in features if f > model.max_features]
     if too_many:
         raise ValueError(f"feature counts {too_many} exceed the model's maximum of {model.max_features}")
@@ -51,18 +54,23 @@ def gp_bench_rows(model: PFN, contexts: list[int], features: list[int], num_data
             pfn_nll = -pfn_dist.log_prob(y_query).double().mean(-1)  # [datasets]
             gp_nll = -gp_dist.log_prob(y_query.double()).mean(-1)
             difference = pfn_nll - gp_nll
-            rows.append({
-                "context": num_context,
-                "features": num_features,
-                "pfn_nll": pfn_nll.mean().item(),
-                "gp_nll": gp_nll.mean().item(),
-                "difference": difference.mean().item(),
-                "difference_se": (difference.std() / math.sqrt(num_datasets)).item(),
-                "pfn_seconds_per_dataset": pfn_time / num_datasets,
-                "gp_seconds_per_dataset": gp_time / num_datasets,
-            })
-            print(f"  context {num_context:4d}  features {num_features}  PFN {rows[-1]['pfn_nll']:+.4f}  "
-                  f"GP {rows[-1]['gp_nll']:+.4f}  diff {rows[-1]['difference']:+.4f}", flush=True)
+            rows.append(
+                {
+                    "context": num_context,
+                    "features": num_features,
+                    "pfn_nll": pfn_nll.mean().item(),
+                    "gp_nll": gp_nll.mean().item(),
+                    "difference": difference.mean().item(),
+                    "difference_se": (difference.std() / math.sqrt(num_datasets)).item(),
+                    "pfn_seconds_per_dataset": pfn_time / num_datasets,
+                    "gp_seconds_per_dataset": gp_time / num_datasets,
+                }
+            )
+            print(
+                f"  context {num_context:4d}  features {num_features}  PFN {rows[-1]['pfn_nll']:+.4f}  "
+                f"GP {rows[-1]['gp_nll']:+.4f}  diff {rows[-1]['difference']:+.4f}",
+                flush=True,
+            )
     return rows
 
 
@@ -93,14 +101,23 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_gp_bench(model_name_or_path: str, contexts: list[int], features: list[int], num_datasets: int = 100,
-                 num_queries: int = 10, seed: int = 12345, out_dir: Path | None = Path("benchmarks/results")
-                 ) -> dict[str, Any]:
+def run_gp_bench(
+    model_name_or_path: str,
+    contexts: list[int],
+    features: list[int],
+    num_datasets: int = 100,
+    num_queries: int = 10,
+    seed: int = 12345,
+    out_dir: Path | None = Path("benchmarks/results"),
+) -> dict[str, Any]:
     model = load(model_name_or_path)
     if seed == model.config.seed:
         raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
-    print(f"pfn bench gp: model {model_name_or_path} ({model}), {num_datasets} datasets x {num_queries} queries "
-          f"per cell, seed {seed}", flush=True)
+    print(
+        f"pfn bench gp: model {model_name_or_path} ({model}), {num_datasets} datasets x {num_queries} queries "
+        f"per cell, seed {seed}",
+        flush=True,
+    )
     rows = gp_bench_rows(model, contexts, features, num_datasets, num_queries, seed)
     summary = summarise(rows)
     result = {
@@ -111,8 +128,12 @@ def run_gp_bench(model_name_or_path: str, contexts: list[int], features: list[in
         "datasets_per_cell": num_datasets,
         "queries_per_dataset": num_queries,
         "seed": seed,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch_threads": torch.get_num_threads(), "device": str(model.device)},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch_threads": torch.get_num_threads(),
+            "device": str(model.device),
+        },
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "mean_difference": sum(r["difference"] for r in summary) / len(summary),
         "summary": summary,
@@ -125,9 +146,11 @@ def run_gp_bench(model_name_or_path: str, contexts: list[int], features: list[in
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = out_dir / f"gp-{datetime.date.today().isoformat()}"
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-        header = (f"# GP benchmark: {model_name_or_path}\n\nMean NLL per query point on held-out datasets of the "
-                  f"model's own prior ({num_datasets} datasets x {num_queries} queries per context size and "
-                  f"feature count {features}, seed {seed}), averaged over feature counts.\n\n")
+        header = (
+            f"# GP benchmark: {model_name_or_path}\n\nMean NLL per query point on held-out datasets of the "
+            f"model's own prior ({num_datasets} datasets x {num_queries} queries per context size and "
+            f"feature count {features}, seed {seed}), averaged over feature counts.\n\n"
+        )
         stem.with_suffix(".md").write_text(header + table + f"\n\nMean difference: {result['mean_difference']:+.4f}\n")
         print(f"results written to {stem}.json and {stem}.md")
     return result

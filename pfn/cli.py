@@ -35,7 +35,9 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> None:
     context = np.loadtxt(args.context, delimiter=",", ndmin=2, skiprows=1 if args.header else 0)
     query = np.loadtxt(args.query, delimiter=",", ndmin=2, skiprows=1 if args.header else 0)
     if context.shape[1] < 2:
-        raise SystemExit(f"{args.context}: need feature columns followed by a target column, got {context.shape[1]} column(s)")
+        raise SystemExit(
+            f"{args.context}: need feature columns followed by a target column, got {context.shape[1]} column(s)"
+        )
     quantiles = [float(q) for q in args.quantiles.split(",")]
     table = model.predict_table(context[:, :-1], context[:, -1], query, quantiles=quantiles)
     header = ",".join(table)
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
-        "train", help="train a PFN from a YAML config", description="Any config key can be overridden, e.g. --model.emsize 128"
+        "train",
+        help="train a PFN from a YAML config",
+        description="Any config key can be overridden, e.g. --model.emsize 128",
     )
     train.add_argument("--config", help="YAML config file (defaults apply where omitted)")
     train.add_argument("--ckpt_path", help="resume: a Lightning checkpoint, or 'last' for the run's latest")

@@ -146,7 +146,7 @@ class RiemannDistribution:
         # Tails invert the half-normal cdf; q -> 0 and q -> 1 give -inf and +inf.
         left_fraction = (quantile / probs[..., 0].clamp_min(torch.finfo(probs.dtype).tiny)).clamp(0.0, 1.0)
         left = borders[..., 1] - self.left_scale.expand(shape) * torch.special.ndtri(1.0 - left_fraction / 2)
-        right_fraction = ((quantile - mass_below[..., -1]) / probs[..., -1].clamp_min(torch.finfo(probs.dtype).tiny))
+        right_fraction = (quantile - mass_below[..., -1]) / probs[..., -1].clamp_min(torch.finfo(probs.dtype).tiny)
         right = borders[..., -2] + self.right_scale.expand(shape) * torch.special.ndtri(
             (1.0 + right_fraction.clamp(0.0, 1.0)) / 2
         )
@@ -175,7 +175,11 @@ class RiemannDistribution:
         within = self.widths**2 / 12
         tail_factor = 1.0 - 2.0 / math.pi
         within = torch.cat(
-            [(self.left_scale**2 * tail_factor)[..., None], within[..., 1:-1], (self.right_scale**2 * tail_factor)[..., None]],
+            [
+                (self.left_scale**2 * tail_factor)[..., None],
+                within[..., 1:-1],
+                (self.right_scale**2 * tail_factor)[..., None],
+            ],
             dim=-1,
         )
         spread = (self._bucket_means() - self.mean[..., None]) ** 2

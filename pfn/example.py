@@ -14,7 +14,9 @@ def run_example(model_name_or_path: str = "gp", num_context: int = 8, num_query:
     model = load(model_name_or_path)
     prior = build_prior(model.prior_spec)
     if not isinstance(prior, GPPrior) or not prior.has_fixed_hyperparameters:
-        raise ValueError("`pfn example` compares with the exact GP and needs a model of a fixed-hyperparameter GP prior")
+        raise ValueError(
+            "`pfn example` compares with the exact GP and needs a model of a fixed-hyperparameter GP prior"
+        )
     _, generator = seeded_generators(seed, 424242)
     batch = prior.sample(1, num_context + num_query, 1, generator)
     x_context, y_context = batch.x[0, :num_context], batch.y[0, :num_context]
@@ -31,8 +33,10 @@ def run_example(model_name_or_path: str = "gp", num_context: int = 8, num_query:
     for i in range(num_query):
         pfn_interval = f"[{pfn_dist.icdf(0.05)[i]:+.3f}, {pfn_dist.icdf(0.95)[i]:+.3f}]"
         gp_interval = f"[{gp_low[i]:+.3f}, {gp_high[i]:+.3f}]"
-        print(f"{x_query[i, 0]:7.3f} {y_query[i]:+8.3f} | {pfn_dist.mean[i]:+9.3f} {pfn_interval:>20} | "
-              f"{gp_dist.mean[0, i]:+9.3f} {gp_interval:>20}")
+        print(
+            f"{x_query[i, 0]:7.3f} {y_query[i]:+8.3f} | {pfn_dist.mean[i]:+9.3f} {pfn_interval:>20} | "
+            f"{gp_dist.mean[0, i]:+9.3f} {gp_interval:>20}"
+        )
     pfn_nll = -pfn_dist.log_prob(y_query).mean()
     gp_nll = -gp_dist.log_prob(y_query.double())[0].mean()
     print(f"\nmean NLL of the true values: PFN {pfn_nll:.3f}, exact GP {gp_nll:.3f} (lower is better)")

@@ -27,7 +27,7 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
         tensor = value.detach()
     else:
         try:
-            tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
+            tensor = torch.from_numpy(np.array(value, dtype=np.float64))
         except (TypeError, ValueError) as error:
             raise ValueError(f"{name} must be numeric, got {type(value).__name__}: {error}") from error
     if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.int16, torch.int8)):
@@ -85,8 +85,14 @@ class Normalizer:
 class PFN:
     """A trained PFN ready to predict. Build it with `pfn.load(name_or_path)`."""
 
-    def __init__(self, backbone: PFNTransformer, head: RiemannHead, config: Config,
-                 metadata: dict[str, Any] | None = None, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        backbone: PFNTransformer,
+        head: RiemannHead,
+        config: Config,
+        metadata: dict[str, Any] | None = None,
+        path: Path | None = None,
+    ) -> None:
         self.backbone = backbone.eval()
         self.head = head.eval()
         self.config = config

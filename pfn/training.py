@@ -9,8 +9,9 @@ the head and knows the loss; the Lightning `Trainer` runs the loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -23,7 +24,9 @@ from pfn.model import PFNTransformer
 from priors import Prior, build_prior
 
 
-def seeded_generators(seed: int, *stream: int, device: torch.device | str = "cpu") -> tuple[torch.Generator, torch.Generator]:
+def seeded_generators(
+    seed: int, *stream: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Generator, torch.Generator]:
     """A CPU generator (for batch structure) and a device generator (for the data), both from
     the seed sequence (seed, *stream)."""
     cpu_seed, device_seed = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint64)
@@ -32,8 +35,9 @@ def seeded_generators(seed: int, *stream: int, device: torch.device | str = "cpu
     return cpu, on_device
 
 
-def draw_training_batch(prior: Prior, config: Config, step: int, rank: int = 0,
-                        device: torch.device | str = "cpu") -> dict[str, Any]:
+def draw_training_batch(
+    prior: Prior, config: Config, step: int, rank: int = 0, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
     """Batch number `step` for process `rank`: datasets plus how many points are context."""
     data = config.data
     structure, generator = seeded_generators(config.seed, rank, step, device=device)
@@ -133,7 +137,9 @@ def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L
     output = Path(train.output_dir)
     precision = train.precision
     if precision == "auto":
-        precision = "bf16-mixed" if torch.cuda.is_available() and train.accelerator in ("auto", "gpu", "cuda") else "32-true"
+        precision = (
+            "bf16-mixed" if torch.cuda.is_available() and train.accelerator in ("auto", "gpu", "cuda") else "32-true"
+        )
     if config.logger == "csv":
         logger = L.pytorch.loggers.CSVLogger(output, name="logs")
     elif config.logger == "wandb":

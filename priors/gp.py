@@ -7,7 +7,7 @@ Cholesky factor of up to a few thousand points is stable with a small jitter.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import gpytorch
 import torch
@@ -44,7 +44,9 @@ def stable_cholesky(matrix: torch.Tensor, jitter: float, max_tries: int = 6) -> 
         bigger = jitter * 10**attempt * scale[failed, None, None]
         factor[failed], info[failed] = torch.linalg.cholesky_ex(matrix[failed] + bigger * eye)
     if (info > 0).any():
-        raise RuntimeError(f"Cholesky failed for {int((info > 0).sum())} datasets even with jitter {jitter * 10**max_tries}")
+        raise RuntimeError(
+            f"Cholesky failed for {int((info > 0).sum())} datasets even with jitter {jitter * 10**max_tries}"
+        )
     return factor
 
 
@@ -96,8 +98,9 @@ class GPPrior(Prior):
     def has_fixed_hyperparameters(self) -> bool:
         return all(isinstance(v, (int, float)) for v in (self.lengthscale, self.outputscale, self.noise))
 
-    def covariance(self, x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor,
-                   outputscale: torch.Tensor) -> torch.Tensor:
+    def covariance(
+        self, x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor, outputscale: torch.Tensor
+    ) -> torch.Tensor:
         """outputscale * k(x1 / lengthscale, x2 / lengthscale): [batch, n1, n2], noise-free."""
         kernel = self._kernel.to(device=x1.device, dtype=x1.dtype)
         scale = rearrange(lengthscale, "b -> b 1 1")
@@ -108,8 +111,9 @@ class GPPrior(Prior):
     def sample(self, batch_size, num_points, num_features, generator, device="cpu") -> PriorBatch:
         dtype = torch.float64
         low, high = self.x_range
-        x = low + (high - low) * torch.rand(batch_size, num_points, num_features, generator=generator,
-                                            device=device, dtype=dtype)
+        x = low + (high - low) * torch.rand(
+            batch_size, num_points, num_features, generator=generator, device=device, dtype=dtype
+        )
         lengthscale = sample_hyperparameter(self.lengthscale, batch_size, generator, device, dtype)
         outputscale = sample_hyperparameter(self.outputscale, batch_size, generator, device, dtype)
         noise = sample_hyperparameter(self.noise, batch_size, generator, device, dtype)

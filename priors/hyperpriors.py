@@ -8,11 +8,11 @@ All draws take an explicit `torch.Generator`, so the same seed gives the same va
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-Hyperparameter = Union[float, dict[str, Any]]
+Hyperparameter = float | dict[str, Any]
 
 _DISTRIBUTIONS = {
     "gamma": ("concentration", "rate"),

@@ -47,8 +47,11 @@ def test_hyperpriors_vary_per_dataset_and_are_deterministic():
     assert torch.equal(a.y, b.y)
     scales = a.y.std(1)
     assert scales.max() / scales.min() > 2  # outputscale and lengthscale differ between datasets
-    assert not prior.has_fixed_hyperparameters and prior.spec == spec | {"kernel": "rbf", "x_range": [0.0, 1.0],
-                                                                           "jitter": 1e-6}
+    assert not prior.has_fixed_hyperparameters and prior.spec == spec | {
+        "kernel": "rbf",
+        "x_range": [0.0, 1.0],
+        "jitter": 1e-6,
+    }
 
 
 def test_stable_for_two_thousand_points():
@@ -71,11 +74,13 @@ def test_registry_errors_name_the_problem():
 
 
 def test_mixture_is_a_prior_and_respects_weights():
-    mixture = build_prior({
-        "name": "mixture",
-        "priors": [{"name": "gp", "outputscale": 1e-2}, {"name": "gp", "outputscale": 100.0}],
-        "weights": [3, 1],
-    })
+    mixture = build_prior(
+        {
+            "name": "mixture",
+            "priors": [{"name": "gp", "outputscale": 1e-2}, {"name": "gp", "outputscale": 100.0}],
+            "weights": [3, 1],
+        }
+    )
     assert isinstance(mixture, MixturePrior)
     a, b = draw(mixture, 5, batch=400), draw(mixture, 5, batch=400)
     assert torch.equal(a.y, b.y)

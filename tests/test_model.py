@@ -1,0 +1,59 @@
+"""The transformer's attention pattern: queries see only the context, the context is a set."""
+
+import pytest
+import torch
+
+from pfn.model import PFNTransformer
+
+
+@pytest.fixture
+def model() -> PFNTransformer:
+    torch.manual_seed(0)
+    return PFNTransformer(max_features=3, num_outputs=7, emsize=32, nlayers=2, nhead=4, nhid=64).eval()
+
+
+def inputs(seed=0, batch=2, context=6, queries=5, features=2):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.rand(batch, context, features, generator=g),
+        torch.randn(batch, context, generator=g),
+        torch.rand(batch, queries, features, generator=g),
+    )
+
+
+def test_changing_one_query_leaves_the_others_unchanged(model):
+    x_context, y_context, x_query = inputs()
+    before = model(x_context, y_context, x_query)
+    changed = x_query.clone()
+    changed[:, 2] = 0.123
+    after = model(x_context, y_context, changed)
+    others = [0, 1, 3, 4]
+    assert torch.allclose(before[:, others], after[:, others], atol=1e-6)
+    assert not torch.allclose(before[:, 2], after[:, 2], atol=1e-4)
+    # Predicting a query alone gives the same answer as predicting it among others.
+    alone = model(x_context, y_context, x_query[:, 3:4])
+    assert torch.allclose(alone[:, 0], before[:, 3], atol=1e-6)
+
+
+def test_permuting_the_context_leaves_predictions_unchanged(model):
+    x_context, y_context, x_query = inputs()
+    order = torch.randperm(x_context.shape[1], generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(
+        model(x_context, y_context, x_query), model(x_context[:, order], y_context[:, order], x_query), atol=1e-5
+    )
+
+
+def test_context_changes_predictions_and_empty_context_is_valid(model):
+    x_context, y_context, x_query = inputs()
+    with_data = model(x_context, y_context, x_query)
+    assert not torch.allclose(with_data, model(x_context, y_context + 1.0, x_query), atol=1e-4)
+    empty = model(x_context[:, :0], y_context[:, :0], x_query)
+    assert empty.shape == (2, 5, 7) and torch.isfinite(empty).all()
+
+
+def test_fewer_features_are_padded_and_too_many_rejected(model):
+    x_context, y_context, x_query = inputs(features=1)
+    assert model(x_context, y_context, x_query).shape == (2, 5, 7)
+    x_context, y_context, x_query = inputs(features=4)
+    with pytest.raises(ValueError, match="at most 3"):
+        model(x_context, y_context, x_query)

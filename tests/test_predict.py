@@ -1,0 +1,161 @@
+"""Loading and predicting: input formats, units, bad input, corrupt checkpoints, the CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import pfn
+from pfn.checkpoint import CheckpointError
+from pfn.cli import main
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path) -> pfn.PFN:
+    return pfn.load(tiny_model_path)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(12, 2))
+    return x, np.sin(3 * x.sum(1)), rng.uniform(size=(5, 2))
+
+
+def test_numpy_torch_and_pandas_give_the_same_prediction(model, data):
+    x, y, xq = data
+    reference = model.predict(x, y, xq)
+    assert reference.batch_shape == (5,)
+    as_torch = model.predict(torch.tensor(x), torch.tensor(y), torch.tensor(xq))
+    as_pandas = model.predict(pd.DataFrame(x, columns=["a", "b"]), pd.Series(y), pd.DataFrame(xq))
+    for other in (as_torch, as_pandas):
+        assert torch.allclose(other.mean, reference.mean)
+
+
+def test_batched_matches_unbatched(model, data):
+    x, y, xq = data
+    batched = model.predict(np.stack([x, x[::-1]]), np.stack([y, y[::-1]]), np.stack([xq, xq]))
+    assert batched.batch_shape == (2, 5)
+    single = model.predict(x, y, xq)
+    assert torch.allclose(batched.mean[0], single.mean, atol=1e-5)
+    assert torch.allclose(batched.mean[1], single.mean, atol=1e-5)  # permuted context
+
+
+def test_predictions_come_back_in_the_callers_units(model, data):
+    x, y, xq = data
+    base = model.predict(x, y, xq)
+    moved = model.predict(100 + 5 * x, -3 + 10 * y, 100 + 5 * xq)
+    assert torch.allclose(moved.mean, -3 + 10 * base.mean, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(moved.icdf(0.9), -3 + 10 * base.icdf(0.9), rtol=1e-4, atol=1e-4)
+    target = torch.tensor(np.cos(xq.sum(1)))
+    assert torch.allclose(moved.log_prob(-3 + 10 * target), base.log_prob(target) - np.log(10.0), atol=1e-4)
+
+
+def test_empty_context_is_the_prior_predictive(model):
+    dist = model.predict(np.zeros((0, 2)), np.zeros(0), np.random.default_rng(0).uniform(size=(3, 2)))
+    assert torch.isfinite(dist.mean).all() and (dist.stddev > 0.3).all()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda x, y, q: (x, y[:-1], q), "mismatched context lengths"),
+        (lambda x, y, q: (x, y, q[:, :1]), "x_query has 1 features but x_context has 2"),
+        (lambda x, y, q: (np.ones((12, 3)), y, np.ones((5, 3))), "at most 2"),
+        (lambda x, y, q: (x, np.where(np.arange(12) == 3, np.nan, y), q), "y_context contains NaN or inf"),
+        (lambda x, y, q: (x, y, np.full_like(q, np.inf)), "x_query contains NaN or inf"),
+        (lambda x, y, q: (x, y, q[:0]), "x_query is empty"),
+        (lambda x, y, q: (x[:, 0], y, q), r"reshape\(-1, 1\)"),
+        (lambda x, y, q: (x, y[:, None], q), "y_context must be"),
+        (lambda x, y, q: (x, y, q[None]), "same number of dimensions"),
+        (lambda x, y, q: (x, np.array(["a"] * 12), q), "must be numeric"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(model, data, change, message):
+    with pytest.raises(ValueError, match=message):
+        model.predict(*change(*data))
+
+
+def test_missing_corrupt_and_newer_checkpoints(tmp_path, tiny_model_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint file or shipped model named 'nope'"):
+        pfn.load("nope")
+    corrupt = tmp_path / "corrupt.pfn"
+    corrupt.write_bytes(tiny_model_path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable PFN checkpoint"):
+        pfn.load(corrupt)
+    payload = torch.load(tiny_model_path, weights_only=True)
+    payload["format_version"] = 99
+    newer = tmp_path / "newer.pfn"
+    torch.save(payload, newer)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        pfn.load(newer)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pfn")
+    with pytest.raises(CheckpointError, match="not a PFN checkpoint"):
+        pfn.load(tmp_path / "other.pfn")
+    payload["format_version"] = 1
+    payload["state_dict"] = {k: v[..., :1] for k, v in payload["state_dict"].items()}
+    torch.save(payload, tmp_path / "mismatch.pfn")
+    with pytest.raises(CheckpointError, match="does not match"):
+        pfn.load(tmp_path / "mismatch.pfn")
+
+
+def test_cli_predict_writes_mean_and_quantiles(tmp_path, tiny_model_path, data):
+    x, y, xq = data
+    np.savetxt(tmp_path / "train.csv", np.column_stack([x, y]), delimiter=",")
+    np.savetxt(tmp_path / "test.csv", xq, delimiter=",")
+    main(
+        [
+            "predict",
+            "--model",
+            str(tiny_model_path),
+            "--context",
+            str(tmp_path / "train.csv"),
+            "--query",
+            str(tmp_path / "test.csv"),
+            "--out",
+            str(tmp_path / "out.csv"),
+        ]
+    )
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert list(table.columns) == ["mean", "std", "q0.05", "q0.5", "q0.95"]
+    assert len(table) == 5
+    assert (table["q0.05"] < table["q0.5"]).all() and (table["q0.5"] < table["q0.95"]).all()
+    np.testing.assert_allclose(table["mean"], pfn.load(tiny_model_path).predict(x, y, xq).mean, rtol=1e-4)
+
+
+def test_cli_bench_writes_results(tmp_path, tiny_model_path, capsys):
+    main(
+        [
+            "bench",
+            "gp",
+            "--model",
+            str(tiny_model_path),
+            "--context",
+            "0,4",
+            "--features",
+            "1,2",
+            "--datasets",
+            "8",
+            "--queries",
+            "3",
+            "--out_dir",
+            str(tmp_path),
+        ]
+    )
+    [result_file] = tmp_path.glob("gp-*.json")
+    result = json.loads(result_file.read_text())
+    assert [row["context"] for row in result["summary"]] == [0, 4]
+    assert len(result["rows"]) == 4
+    for row in result["rows"]:
+        assert row["difference"] == pytest.approx(row["pfn_nll"] - row["gp_nll"])
+        assert np.isfinite(row["pfn_nll"]) and row["gp_seconds_per_dataset"] > 0
+    assert "| context |" in (tmp_path / result_file.with_suffix(".md").name).read_text()
+    with pytest.raises(SystemExit, match="exceed the model's maximum"):
+        main(["bench", "gp", "--model", str(tiny_model_path), "--features", "3", "--out_dir", str(tmp_path)])
+
+
+def test_cli_train_rejects_a_typo(tmp_path):
+    with pytest.raises(SystemExit, match="did you mean 'train.max_steps'"):
+        main(["train", "--config", "configs/tiny.yaml", "--train.max_step", "3"])

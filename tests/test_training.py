@@ -1,0 +1,103 @@
+"""Training: loss falls, resuming loses no steps, configs are checked, checkpoints round-trip."""
+
+import lightning as L
+import pytest
+import torch
+
+import pfn
+from pfn.checkpoint import read_checkpoint
+from pfn.config import load_config
+from pfn.training import PFNModule, draw_training_batch, train
+from priors import build_prior
+from tests.conftest import ROOT, tiny_config
+
+
+def held_out_nll(model: pfn.PFN) -> float:
+    prior = build_prior(model.prior_spec)
+    batch = prior.sample(64, 30, 2, torch.Generator().manual_seed(999))
+    dist = model.predict(batch.x[:, :20], batch.y[:, :20], batch.x[:, 20:], normalize=False)
+    return float(-dist.log_prob(batch.y[:, 20:]).mean())
+
+
+def test_training_lowers_the_loss(tmp_path, tiny_model_path):
+    untrained = train(tiny_config(tmp_path, "--train.max_steps", "1"))
+    assert held_out_nll(pfn.load(tiny_model_path)) < held_out_nll(pfn.load(untrained)) - 0.3
+
+
+def test_same_seed_same_batch():
+    config = tiny_config(ROOT / "runs" / "unused")
+    prior = build_prior(config.prior)
+    a, b = draw_training_batch(prior, config, step=7), draw_training_batch(prior, config, step=7)
+    c = draw_training_batch(prior, config, step=8)
+    assert torch.equal(a["x"], b["x"]) and torch.equal(a["y"], b["y"]) and a["num_context"] == b["num_context"]
+    assert not torch.equal(a["y"], c["y"])
+
+
+class CrashAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_a_crash_loses_no_steps(tmp_path):
+    overrides = ("--train.max_steps", "8", "--train.checkpoint_every", "3")
+    straight = pfn.load(train(tiny_config(tmp_path / "straight", *overrides)))
+
+    crashed = tiny_config(tmp_path / "crashed", *overrides)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashed, callbacks=[CrashAt(4)])  # the last checkpoint is at step 3
+    resumed_path = train(crashed, ckpt_path="last")
+    assert read_checkpoint(resumed_path)["metadata"]["trained_steps"] == 8
+    resumed = pfn.load(resumed_path)
+    for key, value in straight.backbone.state_dict().items():
+        assert torch.allclose(value, resumed.backbone.state_dict()[key], atol=1e-6), key
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_model_path):
+    model = pfn.load(tiny_model_path)
+    payload = read_checkpoint(tiny_model_path)
+    assert payload["format_version"] == 1 and payload["prior"]["name"] == "gp"
+    assert payload["config"]["model"]["emsize"] == 32
+    # The exported weights give the same logits as the Lightning module they came from.
+    module = PFNModule(payload["config"])
+    module.backbone.load_state_dict(payload["state_dict"])
+    module.head.borders.copy_(payload["borders"])
+    x = torch.rand(1, 5, 2)
+    y = torch.randn(1, 5)
+    with torch.no_grad():
+        expected = module(x[:, :3], y[:, :3], x[:, 3:])
+    dist = model.predict(x[:, :3], y[:, :3], x[:, 3:], normalize=False)
+    assert torch.allclose(dist.logits, expected)
+    assert torch.equal(model.head.borders, module.head.borders)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'model.emsiz'.*did you mean 'model.emsize'"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["--model.emsiz", "3"])
+    with pytest.raises(ValueError, match="unknown config key 'trian'"):
+        load_config(None, ["--trian.max_steps", "3"])
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="unknown prior"):
+        PFNModule(load_config(None, ["--prior.name", "nope"]).to_dict())
+    config = load_config(ROOT / "configs" / "gp.yaml", ["--model.emsize=64", "--prior.lengthscale", "0.3"])
+    assert config.model.emsize == 64 and config.prior["lengthscale"] == 0.3
+
+
+@pytest.mark.parametrize("name", ["gp.yaml", "gp_hyper.yaml", "tiny.yaml"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(ROOT / "configs" / name)
+    build_prior(config.prior)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_same_seed_same_batch_on_gpu():
+    config = tiny_config(ROOT / "runs" / "unused")
+    prior = build_prior(config.prior)
+    a = draw_training_batch(prior, config, step=3, device="cuda")
+    b = draw_training_batch(prior, config, step=3, device="cuda")
+    assert a["x"].is_cuda and torch.equal(a["y"], b["y"])
