@@ -8,6 +8,7 @@ are parsed as YAML, so numbers, lists and mappings work.
 from __future__ import annotations
 
 import copy
+import importlib
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class TrainConfig:
 class Config:
     seed: int = 0
     logger: str = "csv"  # "csv", "wandb" or "none"
+    imports: list[str] = field(default_factory=list)  # modules that register extra priors
     prior: dict[str, Any] = field(default_factory=lambda: {"name": "gp"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -74,6 +76,11 @@ class Config:
         return _build(cls, values, prefix="")
 
     def validate(self) -> Config:
+        for module in self.imports:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise ValueError(f"imports: cannot import module {module!r}: {error}") from error
         if self.logger not in ("csv", "wandb", "none"):
             raise ValueError(f"logger must be 'csv', 'wandb' or 'none', got {self.logger!r}")
         for name in ("emsize", "nlayers", "nhead", "nhid", "max_features"):

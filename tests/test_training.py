@@ -83,6 +83,8 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="unknown prior"):
         PFNModule(load_config(None, ["--prior.name", "nope"]).to_dict())
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
+        load_config(None, ["--imports", "[no_such_module]"])
     config = load_config(ROOT / "configs" / "gp.yaml", ["--model.emsize=64", "--prior.lengthscale", "0.3"])
     assert config.model.emsize == 64 and config.prior["lengthscale"] == 0.3
 
@@ -101,3 +103,12 @@ def test_same_seed_same_batch_on_gpu():
     a = draw_training_batch(prior, config, step=3, device="cuda")
     b = draw_training_batch(prior, config, step=3, device="cuda")
     assert a["x"].is_cuda and torch.equal(a["y"], b["y"])
+
+
+def test_wandb_logger_works_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    path = train(tiny_config(tmp_path, "--logger", "wandb", "--train.max_steps", "3"))
+    assert path.is_file()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
