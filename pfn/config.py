@@ -8,9 +8,9 @@ are parsed as YAML, so numbers, lists and mappings work.
 from __future__ import annotations
 
 import copy
-import importlib
 import dataclasses
 import difflib
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
