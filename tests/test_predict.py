@@ -159,3 +159,11 @@ def test_cli_bench_writes_results(tmp_path, tiny_model_path, capsys):
 def test_cli_train_rejects_a_typo(tmp_path):
     with pytest.raises(SystemExit, match="did you mean 'train.max_steps'"):
         main(["train", "--config", "configs/tiny.yaml", "--train.max_step", "3"])
+
+
+def test_cli_export_turns_a_training_checkpoint_into_a_model(tmp_path, tiny_model_path, data):
+    last = tiny_model_path.parent / "checkpoints" / "last.ckpt"
+    main(["export", str(last), "--out", str(tmp_path / "exported.pfn")])
+    x, y, xq = data
+    exported = pfn.load(tmp_path / "exported.pfn").predict(x, y, xq)
+    assert torch.allclose(exported.logits, pfn.load(tiny_model_path).predict(x, y, xq).logits)
