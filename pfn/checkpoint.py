@@ -1,4 +1,4 @@
-"""One-file model checkpoints (`.pfn`): config, prior spec, bucket borders and weights.
+"""One-file model checkpoints (`.pfn`): config, prior spec, the head's state (e.g. bucket borders) and weights.
 
 The file is a `torch.save` of plain data (strings, numbers, tensors), read back with
 `torch.load(weights_only=True)`, so loading a checkpoint never unpickles arbitrary code.
@@ -33,7 +33,7 @@ def save_model(module, path: str | Path, **metadata: Any) -> Path:
         "config": json.dumps(module.config.to_dict()),
         "prior": json.dumps(module.config.prior),
         "metadata": json.dumps(metadata),
-        "borders": module.head.borders.detach().cpu().float(),
+        "head_state": {key: value.detach().cpu() for key, value in module.head.state_dict().items()},
         "state_dict": {key: value.detach().cpu() for key, value in backbone.state_dict().items()},
     }
     path = Path(path)
@@ -72,7 +72,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} has checkpoint format version {version}, but this pfn version reads up to "
             f"{FORMAT_VERSION}; upgrade pfn to load it"
         )
-    missing = {"config", "prior", "borders", "state_dict"} - set(payload)
+    missing = {"config", "prior", "head_state", "state_dict"} - set(payload)
     if missing:
         raise CheckpointError(f"{path} is missing {sorted(missing)}")
     try:

@@ -26,7 +26,9 @@ class ModelConfig:
     nhid: int = 512
     dropout: float = 0.0
     max_features: int = 5
-    num_buckets: int = 1000
+    head: str = "riemann"  # "riemann" (regression) or "categorical" (classification)
+    num_buckets: int = 1000  # riemann head: buckets of the output distribution
+    num_classes: int = 10  # categorical head: labels 0..num_classes-1
 
 
 @dataclass
@@ -86,8 +88,10 @@ class Config:
         for name in ("emsize", "nlayers", "nhead", "nhid", "max_features"):
             if getattr(self.model, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self.model, name)}")
-        if self.model.num_buckets < 2:
-            raise ValueError(f"model.num_buckets must be >= 2, got {self.model.num_buckets}")
+        if self.model.head not in ("riemann", "categorical"):
+            raise ValueError(f"model.head must be 'riemann' or 'categorical', got {self.model.head!r}")
+        if self.model.num_buckets < 2 or self.model.num_classes < 2:
+            raise ValueError("model.num_buckets and model.num_classes must be >= 2")
         if self.data.num_points < 2:
             raise ValueError(f"data.num_points must be >= 2, got {self.data.num_points}")
         if not 1 <= self.data.min_features <= self.model.max_features:

@@ -260,3 +260,57 @@ class RiemannDistribution:
 
     def __repr__(self) -> str:
         return f"RiemannDistribution(batch_shape={tuple(self.batch_shape)}, num_buckets={self.num_buckets})"
+
+
+class CategoricalDistribution:
+    """Predictive distribution over class labels 0..C-1; one per query point.
+
+    Args:
+        logits: [..., C] unnormalised log-probabilities.
+    """
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        self.batch_shape = logits.shape[:-1]
+        self.num_classes = logits.shape[-1]
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """[..., C] class probabilities."""
+        return F.softmax(self.logits, dim=-1)
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        return F.log_softmax(self.logits, dim=-1)
+
+    def log_prob(self, label: torch.Tensor | int) -> torch.Tensor:
+        label = torch.as_tensor(label, device=self.logits.device)
+        if label.is_floating_point() and not torch.equal(label, label.round()):
+            raise ValueError("labels must be integers")
+        label = label.long()
+        if ((label < 0) | (label >= self.num_classes)).any():
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+        shape = torch.broadcast_shapes(label.shape, self.batch_shape)
+        log_probs = self.log_probs.expand(*shape, self.num_classes)
+        return log_probs.gather(-1, label.expand(shape).unsqueeze(-1)).squeeze(-1)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """The most probable label."""
+        return self.logits.argmax(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.probs * self.log_probs).sum(-1)
+
+    def sample(self, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None) -> torch.Tensor:
+        """Labels of shape sample_shape + batch_shape."""
+        count = math.prod(sample_shape)
+        flat = self.probs.reshape(-1, self.num_classes)
+        draws = torch.multinomial(flat, count, replacement=True, generator=generator)  # [batch, count]
+        return draws.T.reshape(*sample_shape, *self.batch_shape)
+
+    def __getitem__(self, index) -> CategoricalDistribution:
+        return CategoricalDistribution(self.logits[index])
+
+    def __repr__(self) -> str:
+        return f"CategoricalDistribution(batch_shape={tuple(self.batch_shape)}, num_classes={self.num_classes})"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from pfn.distributions import RiemannDistribution
+from pfn.distributions import CategoricalDistribution, RiemannDistribution
 
 
 def borders_from_samples(y: torch.Tensor, num_buckets: int) -> torch.Tensor:
@@ -29,6 +30,8 @@ def borders_from_samples(y: torch.Tensor, num_buckets: int) -> torch.Tensor:
 class RiemannHead(nn.Module):
     """Regression head: logits over the buckets define a `RiemannDistribution`; loss = NLL."""
 
+    predicts_labels = False
+
     def __init__(self, borders: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("borders", borders.float())
@@ -43,3 +46,24 @@ class RiemannHead(nn.Module):
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood of `y` per query point: same shape as `y`."""
         return -self.distribution(logits).log_prob(y.float())
+
+
+class CategoricalHead(nn.Module):
+    """Classification head: logits over `num_classes` labels; loss = cross-entropy."""
+
+    predicts_labels = True
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
+
+    def distribution(self, logits: torch.Tensor) -> CategoricalDistribution:
+        return CategoricalDistribution(logits.float())
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the labels `y` per query point: same shape as `y`."""
+        return F.cross_entropy(logits.float().flatten(0, -2), y.long().flatten(), reduction="none").view(y.shape)

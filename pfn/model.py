@@ -54,6 +54,8 @@ class PFNTransformer(nn.Module):
 
     Inputs with fewer than `max_features` features are zero-padded and rescaled by
     max_features / num_features, as in the PFN paper, so one model serves 1..max_features.
+    Real-valued targets are encoded linearly; with `num_classes`, targets are labels
+    0..num_classes-1 and are embedded.
     """
 
     def __init__(
@@ -65,11 +67,13 @@ class PFNTransformer(nn.Module):
         nhead: int = 4,
         nhid: int = 512,
         dropout: float = 0.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.max_features = max_features
+        self.num_classes = num_classes
         self.x_encoder = nn.Linear(max_features, emsize)
-        self.y_encoder = nn.Linear(1, emsize)
+        self.y_encoder = nn.Embedding(num_classes, emsize) if num_classes else nn.Linear(1, emsize)
         self.empty_context = nn.Parameter(torch.randn(emsize) * 0.02)
         self.blocks = nn.ModuleList(Block(emsize, nhead, nhid, dropout) for _ in range(nlayers))
         self.norm = nn.LayerNorm(emsize)
@@ -85,7 +89,8 @@ class PFNTransformer(nn.Module):
     def forward(self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         # x_context: [b, c, f], y_context: [b, c], x_query: [b, q, f] -> logits [b, q, num_outputs]
         batch, num_context = y_context.shape
-        context = self.encode_x(x_context) + self.y_encoder(y_context.unsqueeze(-1))  # [b, c, e]
+        y = y_context.long() if self.num_classes else y_context.unsqueeze(-1)
+        context = self.encode_x(x_context) + self.y_encoder(y)  # [b, c, e]
         queries = self.encode_x(x_query)  # [b, q, e]
         empty = self.empty_context.expand(batch, 1, -1).to(queries.dtype)
         tokens = torch.cat([empty, context, queries], dim=1)  # [b, 1 + c + q, e]

@@ -15,9 +15,10 @@ import torch
 
 from pfn.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
 from pfn.config import Config
-from pfn.distributions import RiemannDistribution
-from pfn.heads import RiemannHead
+from pfn.distributions import CategoricalDistribution, RiemannDistribution
+from pfn.heads import CategoricalHead, RiemannHead
 from pfn.model import PFNTransformer
+from pfn.network import build_backbone, build_head
 
 
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
@@ -53,21 +54,22 @@ class Normalizer:
     y_scale: torch.Tensor  # [b, 1]
 
     @classmethod
-    def fit(cls, x_context: torch.Tensor, y_context: torch.Tensor) -> Normalizer:
-        batch, num_context, num_features = x_context.shape
+    def fit(cls, x_context: torch.Tensor, y_context: torch.Tensor, standardize_y: bool = True) -> Normalizer:
+        """Maps fitted to the context; `standardize_y=False` leaves y alone (class labels)."""
+        normalizer = cls.identity(x_context)
+        num_context = x_context.shape[1]
         if num_context == 0:
-            zeros = x_context.new_zeros(batch, 1, num_features)
-            return cls(zeros, zeros + 1, y_context.new_zeros(batch, 1), y_context.new_ones(batch, 1))
+            return normalizer
         x_min = x_context.amin(1, keepdim=True)
         x_range = x_context.amax(1, keepdim=True) - x_min
-        y_loc = y_context.mean(1, keepdim=True)
-        y_std = y_context.std(1, keepdim=True) if num_context > 1 else torch.zeros_like(y_loc)
-        return cls(
-            x_loc=x_min,
-            x_scale=torch.where(x_range > 0, x_range, torch.ones_like(x_range)),
-            y_loc=y_loc,
-            y_scale=torch.where(y_std > 0, y_std, torch.ones_like(y_std)),
-        )
+        normalizer.x_loc = x_min
+        normalizer.x_scale = torch.where(x_range > 0, x_range, torch.ones_like(x_range))
+        if standardize_y:
+            normalizer.y_loc = y_context.mean(1, keepdim=True)
+            if num_context > 1:
+                y_std = y_context.std(1, keepdim=True)
+                normalizer.y_scale = torch.where(y_std > 0, y_std, torch.ones_like(y_std))
+        return normalizer
 
     @classmethod
     def identity(cls, x_context: torch.Tensor) -> Normalizer:
@@ -88,7 +90,7 @@ class PFN:
     def __init__(
         self,
         backbone: PFNTransformer,
-        head: RiemannHead,
+        head: RiemannHead | CategoricalHead,
         config: Config,
         metadata: dict[str, Any] | None = None,
         path: Path | None = None,
@@ -105,17 +107,10 @@ class PFN:
         payload = read_checkpoint(path)
         try:
             config = Config.from_dict(payload["config"]).validate()
-            backbone = PFNTransformer(
-                max_features=config.model.max_features,
-                num_outputs=config.model.num_buckets,
-                emsize=config.model.emsize,
-                nlayers=config.model.nlayers,
-                nhead=config.model.nhead,
-                nhid=config.model.nhid,
-                dropout=config.model.dropout,
-            )
+            backbone = build_backbone(config.model)
             backbone.load_state_dict(payload["state_dict"])
-            head = RiemannHead(payload["borders"])
+            head = build_head(config.model)
+            head.load_state_dict(payload["head_state"])
         except (ValueError, RuntimeError, KeyError, TypeError) as error:
             raise CheckpointError(f"{path} does not match this version of the PFN model: {error}") from error
         return cls(backbone.to(device), head.to(device), config, payload.get("metadata"), path)
@@ -131,7 +126,7 @@ class PFN:
 
     @property
     def device(self) -> torch.device:
-        return self.head.borders.device
+        return self.backbone.empty_context.device
 
     def _check_inputs(self, x_context, y_context, x_query) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """Validated float64 tensors, batched: [b, c, f], [b, c], [b, q, f]; and whether the input was batched."""
@@ -172,28 +167,53 @@ class PFN:
             raise ValueError(f"got {num_features} features, but this model supports at most {self.max_features}")
         return x_context, y_context, x_query, batched
 
+    def _check_labels(self, y_context: torch.Tensor) -> None:
+        if not torch.equal(y_context, y_context.round()):
+            raise ValueError("y_context must hold integer class labels 0, 1, 2, ... for a classification model")
+        if y_context.numel() and (y_context.min() < 0 or y_context.max() >= self.config.model.num_classes):
+            raise ValueError(
+                f"y_context has labels in [{int(y_context.min())}, {int(y_context.max())}], but this model "
+                f"supports labels 0..{self.config.model.num_classes - 1} (at most "
+                f"{self.config.model.num_classes} classes)"
+            )
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.head.predicts_labels
+
     @torch.inference_mode()
-    def predict(self, x_context, y_context, x_query, normalize: bool = True) -> RiemannDistribution:
+    def predict(
+        self, x_context, y_context, x_query, normalize: bool = True
+    ) -> RiemannDistribution | CategoricalDistribution:
         """Posterior predictive distribution of y at each query point, in the caller's units.
 
         Args:
             x_context: [n, f] or [batch, n, f] inputs with known targets (n may be 0).
-            y_context: [n] or [batch, n] targets.
+            y_context: [n] or [batch, n] targets (for a classifier: labels 0..num_classes-1).
             x_query: [q, f] or [batch, q, f] inputs to predict.
             normalize: map the data to the model's scale first (see `Normalizer`). Pass False
                 only for data already in the units of the model's prior, e.g. samples from it.
 
-        Returns a `RiemannDistribution` with batch shape [q] (or [batch, q]).
+        Returns a `RiemannDistribution` (regression) or `CategoricalDistribution`
+        (classification) with batch shape [q] (or [batch, q]).
         """
         x_context, y_context, x_query, batched = self._check_inputs(x_context, y_context, x_query)
-        normalizer = Normalizer.fit(x_context, y_context) if normalize else Normalizer.identity(x_context)
+        if self.is_classifier:
+            self._check_labels(y_context)
+        normalizer = (
+            Normalizer.fit(x_context, y_context, standardize_y=not self.is_classifier)
+            if normalize
+            else Normalizer.identity(x_context)
+        )
         device = self.device
         logits = self.backbone(
             normalizer.x(x_context).float().to(device),
             normalizer.y(y_context).float().to(device),
             normalizer.x(x_query).float().to(device),
         )
-        distribution = self.head.distribution(logits).affine(normalizer.y_loc.to(device), normalizer.y_scale.to(device))
+        distribution = self.head.distribution(logits)
+        if not self.is_classifier:
+            distribution = distribution.affine(normalizer.y_loc.to(device), normalizer.y_scale.to(device))
         return distribution if batched else distribution[0]
 
     def predict_table(self, x_context, y_context, x_query, quantiles=(0.05, 0.5, 0.95)) -> dict[str, np.ndarray]:
@@ -206,9 +226,10 @@ class PFN:
 
     def __repr__(self) -> str:
         model = self.config.model
+        outputs = f"classes={model.num_classes}" if self.is_classifier else f"buckets={model.num_buckets}"
         return (
             f"PFN(prior={self.config.prior.get('name')!r}, max_features={model.max_features}, "
-            f"emsize={model.emsize}, nlayers={model.nlayers}, buckets={model.num_buckets})"
+            f"emsize={model.emsize}, nlayers={model.nlayers}, {outputs})"
         )
 
 

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pfn.config import Config
-from pfn.heads import RiemannHead, borders_from_samples
-from pfn.model import PFNTransformer
+from pfn.heads import borders_from_samples
+from pfn.network import build_backbone, build_head
 from priors import Prior, build_prior
 
 
@@ -93,18 +93,10 @@ class PFNModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.config = Config.from_dict(config).validate()
-        prior = build_prior(self.config.prior)
-        model = self.config.model
-        self.head = RiemannHead(prior_borders(prior, self.config))
-        self.backbone = PFNTransformer(
-            max_features=model.max_features,
-            num_outputs=model.num_buckets,
-            emsize=model.emsize,
-            nlayers=model.nlayers,
-            nhead=model.nhead,
-            nhid=model.nhid,
-            dropout=model.dropout,
-        )
+        regression = self.config.model.head == "riemann"
+        borders = prior_borders(build_prior(self.config.prior), self.config) if regression else None
+        self.head = build_head(self.config.model, borders)
+        self.backbone = build_backbone(self.config.model)
 
     def forward(self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         return self.backbone(x_context, y_context, x_query)

@@ -64,7 +64,7 @@ def test_checkpoint_round_trip(tmp_path, tiny_model_path):
     # The exported weights give the same logits as the Lightning module they came from.
     module = PFNModule(payload["config"])
     module.backbone.load_state_dict(payload["state_dict"])
-    module.head.borders.copy_(payload["borders"])
+    module.head.load_state_dict(payload["head_state"])
     x = torch.rand(1, 5, 2)
     y = torch.randn(1, 5)
     with torch.no_grad():

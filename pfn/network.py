@@ -1,0 +1,32 @@
+"""Build the backbone and the head that a model config describes (for training and loading alike)."""
+
+from __future__ import annotations
+
+import torch
+
+from pfn.config import ModelConfig
+from pfn.heads import CategoricalHead, RiemannHead
+from pfn.model import PFNTransformer
+
+
+def build_backbone(model: ModelConfig) -> PFNTransformer:
+    classification = model.head == "categorical"
+    return PFNTransformer(
+        max_features=model.max_features,
+        num_outputs=model.num_classes if classification else model.num_buckets,
+        emsize=model.emsize,
+        nlayers=model.nlayers,
+        nhead=model.nhead,
+        nhid=model.nhid,
+        dropout=model.dropout,
+        num_classes=model.num_classes if classification else None,
+    )
+
+
+def build_head(model: ModelConfig, borders: torch.Tensor | None = None) -> RiemannHead | CategoricalHead:
+    """The head; a Riemann head built without `borders` gets placeholders for a checkpoint to fill."""
+    if model.head == "categorical":
+        return CategoricalHead(model.num_classes)
+    if borders is None:
+        borders = torch.zeros(model.num_buckets + 1)
+    return RiemannHead(borders)
