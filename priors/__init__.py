@@ -5,10 +5,12 @@ finds them. This package never imports `pfn`.
 """
 
 from priors.base import Prior, PriorBatch, available_priors, build_prior, register_prior
+from priors.gmm import GMMPrior
 from priors.gp import GPPrior
 from priors.mixture import MixturePrior
 
 __all__ = [
+    "GMMPrior",
     "GPPrior",
     "MixturePrior",
     "Prior",

@@ -1,0 +1,101 @@
+"""GMM prior, its exact posterior predictive, and the classification path through the PFN."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pfn
+from pfn.baselines.gmm_exact import gmm_posterior_predictive
+from pfn.config import load_config
+from pfn.training import train
+from priors import GMMPrior, build_prior
+from tests.conftest import ROOT
+
+
+def test_gmm_prior_is_deterministic_and_well_formed():
+    prior = build_prior({"name": "gmm", "max_classes": 6})
+    a = prior.sample(32, 50, 3, torch.Generator().manual_seed(0))
+    b = prior.sample(32, 50, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert a.x.shape == (32, 50, 3) and a.y.shape == (32, 50)
+    assert torch.equal(a.y, a.y.round()) and a.y.min() >= 0 and a.y.max() <= 5
+    assert all(len(row.unique()) <= 6 for row in a.y)
+    # Permuted ids: every id is used somewhere, not only the first few.
+    assert len(a.y.unique()) == 6
+
+
+def test_without_permutation_ids_are_the_first_k():
+    prior = GMMPrior(min_classes=2, max_classes=3, permute_classes=False, concentration=100.0)
+    batch = prior.sample(200, 60, 1, torch.Generator().manual_seed(0))
+    used = [set(row.unique().long().tolist()) for row in batch.y]
+    assert all(ids <= {0, 1, 2} and 0 in ids and 1 in ids for ids in used)
+
+
+def _monte_carlo_predictive(prior, x_context, labels, x_query, draws=400_000):
+    """p(y = c | x_query, D) by importance sampling mixture parameters from the prior."""
+    params = prior.sample_parameters(draws, 1, torch.Generator().manual_seed(1))
+    mean, std = params.means[..., 0], params.scale_tril[..., 0, 0]  # [draws, C]
+
+    def log_normal(x, m, s):
+        return -0.5 * ((x - m) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi)
+
+    log_weights = params.weights.clamp_min(1e-300).log()
+    log_likelihood = sum(
+        log_weights[:, int(c)] + log_normal(x, mean[:, int(c)], std[:, int(c)])
+        for x, c in zip(x_context, labels, strict=True)
+    )
+    joint = log_likelihood[:, None] + log_weights + log_normal(x_query, mean, std)  # [draws, C]
+    joint = torch.where(params.weights > 0, joint, -math.inf)
+    probs = torch.logsumexp(joint, 0)
+    return torch.softmax(probs, 0)
+
+
+@pytest.mark.parametrize("permute", [True, False])
+def test_exact_posterior_matches_monte_carlo(permute):
+    prior = GMMPrior(min_classes=2, max_classes=3, concentration=1.0, kappa0=0.5, psi0=1.0, permute_classes=permute)
+    x_context = torch.tensor([-1.0, -0.6, 1.2], dtype=torch.float64)
+    labels = torch.tensor([0.0, 0.0, 1.0])
+    for x_query in (-0.8, 0.3, 2.5):
+        exact = gmm_posterior_predictive(x_context[None, :, None], labels[None], torch.tensor([[[x_query]]]), prior)[
+            0, 0
+        ]
+        mc = _monte_carlo_predictive(prior, x_context, labels, torch.tensor(x_query, dtype=torch.float64))
+        assert torch.allclose(exact, mc, atol=0.02), (x_query, exact, mc)
+
+
+def test_exact_posterior_refuses_label_noise():
+    prior = GMMPrior(label_noise=0.1)
+    with pytest.raises(ValueError, match="label noise"):
+        gmm_posterior_predictive(torch.rand(1, 3, 2), torch.zeros(1, 3), torch.rand(1, 2, 2), prior)
+
+
+def test_classification_pfn_trains_and_round_trips(tmp_path):
+    config = load_config(
+        ROOT / "configs" / "tiny_gmm.yaml",
+        ["--train.output_dir", str(tmp_path), "--train.progress_bar", "false", "--logger", "none"],
+    )
+    model = pfn.load(train(config))
+    assert model.is_classifier
+    prior = build_prior(model.prior_spec)
+    batch = prior.sample(64, 40, 2, torch.Generator().manual_seed(7))
+    dist = model.predict(batch.x[:, :30], batch.y[:, :30], batch.x[:, 30:], normalize=False)
+    assert dist.probs.shape == (64, 10, config.model.num_classes)
+    assert torch.allclose(dist.probs.sum(-1), torch.ones(64, 10))
+    cross_entropy = -dist.log_prob(batch.y[:, 30:]).mean()
+    assert cross_entropy < math.log(config.model.num_classes) - 0.3  # learnt something beyond uniform
+    assert dist.sample((5,)).shape == (5, 64, 10) and dist.entropy().shape == (64, 10)
+
+    x, y = np.random.default_rng(0).normal(size=(8, 2)), np.array([0, 1, 0, 1, 2, 2, 0, 1])
+    with pytest.raises(ValueError, match="integer class labels"):
+        model.predict(x, y + 0.5, x)
+    with pytest.raises(ValueError, match="at most 4 classes"):
+        model.predict(x, y + 2, x)
+    with pytest.raises(ValueError, match="integer class labels"):
+        model.predict(x, -y - 0.5, x)
+    with pytest.raises(ValueError, match="supports labels 0..3"):
+        model.predict(x, -y, x)
+    # A query far from any context class is still a valid distribution (the prior handles it).
+    far = model.predict(x, y, np.full((1, 2), 50.0))
+    assert torch.isfinite(far.probs).all()
