@@ -49,22 +49,34 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> None:
         np.savetxt(sys.stdout, rows, delimiter=",", header=header, comments="", fmt="%.6g")
 
 
-def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
-    from pfn.bench import run_gp_bench
+BENCH_DEFAULTS = {
+    # benchmark: (model, context sizes, feature counts, datasets per cell, queries per dataset)
+    "gp": ("gp", "1,2,5,10,20,50,100", "1,2,3,4,5", 100, 10),
+    "gmm": ("gmm", "10,20,50,100,200", "2,3,4,5", 50, 20),
+}
 
-    if args.prior != "gp":
-        raise SystemExit(f"unknown benchmark {args.prior!r}; available: gp")
-    contexts = [int(c) for c in args.context.split(",")]
-    features = [int(f) for f in args.features.split(",")]
-    run_gp_bench(
-        args.model,
-        contexts=contexts,
-        features=features,
-        num_datasets=args.datasets,
-        num_queries=args.queries,
-        seed=args.seed,
-        out_dir=Path(args.out_dir),
-    )
+
+def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
+    if args.prior not in BENCH_DEFAULTS:
+        raise SystemExit(f"unknown benchmark {args.prior!r}; available: {', '.join(BENCH_DEFAULTS)}")
+    model, contexts, features, datasets, queries = BENCH_DEFAULTS[args.prior]
+    common = {
+        "contexts": [int(c) for c in (args.context or contexts).split(",")],
+        "features": [int(f) for f in (args.features or features).split(",")],
+        "num_datasets": args.datasets or datasets,
+        "num_queries": args.queries or queries,
+        "seed": args.seed,
+        "out_dir": Path(args.out_dir),
+    }
+    if args.prior == "gp":
+        from pfn.benchmarks.gp import run_gp_bench
+
+        run_gp_bench(args.model or model, **common)
+    else:
+        from pfn.benchmarks.gmm import run_gmm_bench
+
+        baselines = tuple(b for b in args.baselines.split(",") if b)
+        run_gmm_bench(args.model or model, baselines=baselines, **common)
 
 
 def _example(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -102,12 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench", help="compare a PFN with the exact Bayesian answer on prior data")
-    bench.add_argument("prior", help="benchmark name: gp")
-    bench.add_argument("--model", default="gp")
-    bench.add_argument("--context", default="1,2,5,10,20,50,100", help="context sizes")
-    bench.add_argument("--features", default="1,2,3,4,5", help="numbers of input features")
-    bench.add_argument("--datasets", type=int, default=100, help="datasets per context size and feature count")
-    bench.add_argument("--queries", type=int, default=10, help="query points per dataset")
+    bench.add_argument("prior", help="benchmark name: " + ", ".join(BENCH_DEFAULTS))
+    bench.add_argument("--model", help="shipped model name or .pfn path (default: the benchmark's name)")
+    bench.add_argument("--context", help="context sizes, e.g. 10,50,100")
+    bench.add_argument("--features", help="numbers of input features, e.g. 1,2,3")
+    bench.add_argument("--datasets", type=int, help="datasets per context size and feature count")
+    bench.add_argument("--queries", type=int, help="query points per dataset")
+    bench.add_argument("--baselines", default="qda,gpc", help="gmm: classical baselines to run (qda, gpc)")
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")
     bench.set_defaults(run=_bench)

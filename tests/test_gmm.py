@@ -1,5 +1,6 @@
 """GMM prior, its exact posterior predictive, and the classification path through the PFN."""
 
+import json
 import math
 
 import numpy as np
@@ -8,6 +9,8 @@ import torch
 
 import pfn
 from pfn.baselines.gmm_exact import gmm_posterior_predictive
+from pfn.benchmarks.gmm import expected_calibration_error
+from pfn.cli import main
 from pfn.config import load_config
 from pfn.training import train
 from priors import GMMPrior, build_prior
@@ -71,20 +74,33 @@ def test_exact_posterior_refuses_label_noise():
         gmm_posterior_predictive(torch.rand(1, 3, 2), torch.zeros(1, 3), torch.rand(1, 2, 2), prior)
 
 
-def test_classification_pfn_trains_and_round_trips(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_gmm_path(tmp_path_factory):
     config = load_config(
         ROOT / "configs" / "tiny_gmm.yaml",
-        ["--train.output_dir", str(tmp_path), "--train.progress_bar", "false", "--logger", "none"],
+        [
+            "--train.output_dir",
+            str(tmp_path_factory.mktemp("gmm")),
+            "--train.progress_bar",
+            "false",
+            "--logger",
+            "none",
+        ],
     )
-    model = pfn.load(train(config))
+    return train(config)
+
+
+def test_classification_pfn_trains_and_round_trips(tiny_gmm_path):
+    model = pfn.load(tiny_gmm_path)
+    num_classes = model.config.model.num_classes
     assert model.is_classifier
     prior = build_prior(model.prior_spec)
     batch = prior.sample(64, 40, 2, torch.Generator().manual_seed(7))
     dist = model.predict(batch.x[:, :30], batch.y[:, :30], batch.x[:, 30:], normalize=False)
-    assert dist.probs.shape == (64, 10, config.model.num_classes)
+    assert dist.probs.shape == (64, 10, num_classes)
     assert torch.allclose(dist.probs.sum(-1), torch.ones(64, 10))
     cross_entropy = -dist.log_prob(batch.y[:, 30:]).mean()
-    assert cross_entropy < math.log(config.model.num_classes) - 0.3  # learnt something beyond uniform
+    assert cross_entropy < math.log(num_classes) - 0.3  # learnt something beyond uniform
     assert dist.sample((5,)).shape == (5, 64, 10) and dist.entropy().shape == (64, 10)
 
     x, y = np.random.default_rng(0).normal(size=(8, 2)), np.array([0, 1, 0, 1, 2, 2, 0, 1])
@@ -99,3 +115,41 @@ def test_classification_pfn_trains_and_round_trips(tmp_path):
     # A query far from any context class is still a valid distribution (the prior handles it).
     far = model.predict(x, y, np.full((1, 2), 50.0))
     assert torch.isfinite(far.probs).all()
+
+
+def test_bench_gmm_writes_results(tmp_path, tiny_gmm_path, tiny_model_path):
+    main(
+        [
+            "bench",
+            "gmm",
+            "--model",
+            str(tiny_gmm_path),
+            "--context",
+            "5,12",
+            "--features",
+            "2",
+            "--datasets",
+            "4",
+            "--queries",
+            "6",
+            "--out_dir",
+            str(tmp_path),
+        ]
+    )
+    [result_file] = tmp_path.glob("gmm-*.json")
+    result = json.loads(result_file.read_text())
+    assert [row["context"] for row in result["summary"]] == [5, 12]
+    for row in result["rows"]:
+        assert row["difference"] == pytest.approx(row["pfn_ce"] - row["exact_ce"])
+        for method in ("pfn", "exact", "qda", "gpc"):
+            assert 0 <= row[f"{method}_accuracy"] <= 1 and 0 <= row[f"{method}_ece"] <= 1
+            assert np.isfinite(row[f"{method}_ce"])
+    with pytest.raises(SystemExit, match="classification model of a GMM prior"):
+        main(["bench", "gmm", "--model", str(tiny_model_path), "--out_dir", str(tmp_path)])
+
+
+def test_expected_calibration_error():
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 0])
+    # bin 0.9: accuracy 0.5 vs confidence 0.9; bin 0.6: accuracy 1.0 vs 0.6; each holds half the points.
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)

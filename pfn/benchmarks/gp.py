@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import datetime
-import json
-import math
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pfn.baselines import exact_gp_predictive
+from pfn.benchmarks.common import (
+    BENCH_STREAM,
+    average_by_context,
+    check_seed,
+    machine,
+    now,
+    standard_error,
+    timed,
+    write_results,
+)
 from pfn.predictor import PFN, load
 from pfn.training import seeded_generators
 from priors import GPPrior, build_prior
-
-# Seed stream tag for benchmark data; training draws from streams (seed, rank, step) and
-# (seed, 10**6, draw), so benchmark datasets never coincide with training batches.
-BENCH_STREAM = 7_777_777
-
-
-def _timed(function, *args, **kwargs) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
 
 
 def gp_bench_rows(
@@ -49,8 +42,8 @@ def gp_bench_rows(
             x_context, y_context = batch.x[:, :num_context], batch.y[:, :num_context]
             x_query, y_query = batch.x[:, num_context:], batch.y[:, num_context:]
             # The data are in the prior's own units, so the model sees them as in training.
-            pfn_dist, pfn_time = _timed(model.predict, x_context, y_context, x_query, normalize=False)
-            gp_dist, gp_time = _timed(exact_gp_predictive, x_context, y_context, x_query, prior)
+            pfn_dist, pfn_time = timed(model.predict, x_context, y_context, x_query, normalize=False)
+            gp_dist, gp_time = timed(exact_gp_predictive, x_context, y_context, x_query, prior)
             pfn_nll = -pfn_dist.log_prob(y_query).double().mean(-1)  # [datasets]
             gp_nll = -gp_dist.log_prob(y_query.double()).mean(-1)
             difference = pfn_nll - gp_nll
@@ -61,30 +54,18 @@ def gp_bench_rows(
                     "pfn_nll": pfn_nll.mean().item(),
                     "gp_nll": gp_nll.mean().item(),
                     "difference": difference.mean().item(),
-                    "difference_se": (difference.std() / math.sqrt(num_datasets)).item(),
+                    "difference_se": standard_error(difference),
                     "pfn_seconds_per_dataset": pfn_time / num_datasets,
                     "gp_seconds_per_dataset": gp_time / num_datasets,
                 }
             )
+            row = rows[-1]
             print(
-                f"  context {num_context:4d}  features {num_features}  PFN {rows[-1]['pfn_nll']:+.4f}  "
-                f"GP {rows[-1]['gp_nll']:+.4f}  diff {rows[-1]['difference']:+.4f}",
+                f"  context {num_context:4d}  features {num_features}  PFN {row['pfn_nll']:+.4f}  "
+                f"GP {row['gp_nll']:+.4f}  diff {row['difference']:+.4f}",
                 flush=True,
             )
     return rows
-
-
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Average the rows of each context size over feature counts."""
-    by_context: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_context.setdefault(row["context"], []).append(row)
-    summary = []
-    for context, group in by_context.items():
-        mean = {key: sum(r[key] for r in group) / len(group) for key in group[0] if key not in ("context", "features")}
-        mean["difference_se"] = math.sqrt(sum(r["difference_se"] ** 2 for r in group)) / len(group)
-        summary.append({"context": context, **mean})
-    return summary
 
 
 def markdown_table(summary: list[dict[str, Any]]) -> str:
@@ -111,15 +92,14 @@ def run_gp_bench(
     out_dir: Path | None = Path("benchmarks/results"),
 ) -> dict[str, Any]:
     model = load(model_name_or_path)
-    if seed == model.config.seed:
-        raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
+    check_seed(model, seed)
     print(
         f"pfn bench gp: model {model_name_or_path} ({model}), {num_datasets} datasets x {num_queries} queries "
         f"per cell, seed {seed}",
         flush=True,
     )
-    rows = gp_bench_rows(model, contexts, features, num_datasets, num_queries, seed)
-    summary = summarise(rows)
+    summary = average_by_context(rows := gp_bench_rows(model, contexts, features, num_datasets, num_queries, seed))
+    mean_difference = sum(r["difference"] for r in summary) / len(summary)
     result = {
         "benchmark": "gp",
         "model": str(model_name_or_path),
@@ -128,29 +108,17 @@ def run_gp_bench(
         "datasets_per_cell": num_datasets,
         "queries_per_dataset": num_queries,
         "seed": seed,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch_threads": torch.get_num_threads(),
-            "device": str(model.device),
-        },
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "mean_difference": sum(r["difference"] for r in summary) / len(summary),
+        "machine": machine(model),
+        "date": now(),
+        "mean_difference": mean_difference,
         "summary": summary,
         "rows": rows,
     }
-    table = markdown_table(summary)
-    print(table)
-    print(f"mean PFN - exact GP NLL over context sizes: {result['mean_difference']:+.4f} nats per query point")
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"gp-{datetime.date.today().isoformat()}"
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-        header = (
-            f"# GP benchmark: {model_name_or_path}\n\nMean NLL per query point on held-out datasets of the "
-            f"model's own prior ({num_datasets} datasets x {num_queries} queries per context size and "
-            f"feature count {features}, seed {seed}), averaged over feature counts.\n\n"
-        )
-        stem.with_suffix(".md").write_text(header + table + f"\n\nMean difference: {result['mean_difference']:+.4f}\n")
-        print(f"results written to {stem}.json and {stem}.md")
+    description = (
+        f"Mean NLL per query point on held-out datasets of the model's own prior ({num_datasets} datasets x "
+        f"{num_queries} queries per context size and feature count {features}, seed {seed}), averaged over "
+        f"feature counts. Mean PFN - exact GP over context sizes: {mean_difference:+.4f} nats per query point."
+    )
+    write_results("gp", result, markdown_table(summary), description, out_dir)
+    print(f"mean PFN - exact GP NLL over context sizes: {mean_difference:+.4f} nats per query point")
     return result

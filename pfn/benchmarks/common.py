@@ -1,0 +1,78 @@
+"""Shared pieces of the benchmarks: timing, seeds, averaging, and writing JSON + Markdown."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pfn.predictor import PFN
+
+# Seed stream tag for benchmark data; training draws from streams (seed, rank, step) and
+# (seed, 10**6, draw), so benchmark datasets never coincide with training batches.
+BENCH_STREAM = 7_777_777
+
+
+def timed(function, *args, **kwargs) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def standard_error(values: torch.Tensor) -> float:
+    return (values.double().std() / math.sqrt(len(values))).item() if len(values) > 1 else float("nan")
+
+
+def average_by_context(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Average the rows of each context size over feature counts (standard errors combined)."""
+    by_context: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_context.setdefault(row["context"], []).append(row)
+    summary = []
+    for context, group in by_context.items():
+        averaged: dict[str, Any] = {"context": context}
+        for key in group[0]:
+            if key in ("context", "features"):
+                continue
+            if key.endswith("_se"):
+                averaged[key] = math.sqrt(sum(r[key] ** 2 for r in group)) / len(group)
+            else:
+                averaged[key] = sum(r[key] for r in group) / len(group)
+        summary.append(averaged)
+    return summary
+
+
+def check_seed(model: PFN, seed: int) -> None:
+    if seed == model.config.seed:
+        raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
+
+
+def machine(model: PFN) -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(model.device),
+    }
+
+
+def write_results(name: str, result: dict[str, Any], table: str, description: str, out_dir: Path | None) -> None:
+    """Print the table and write `<out_dir>/<name>-<date>.json` and `.md`."""
+    print(table)
+    if out_dir is None:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{name}-{datetime.date.today().isoformat()}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(f"# {name} benchmark: {result['model']}\n\n{description}\n\n{table}\n")
+    print(f"results written to {stem}.json and {stem}.md")
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
