@@ -217,8 +217,13 @@ class PFN:
         return distribution if batched else distribution[0]
 
     def predict_table(self, x_context, y_context, x_query, quantiles=(0.05, 0.5, 0.95)) -> dict[str, np.ndarray]:
-        """Mean, standard deviation and quantiles per query point, as named numpy columns."""
+        """Named numpy columns per query point: mean, standard deviation and quantiles for a
+        regression model; the most probable label and each label's probability for a classifier."""
         distribution = self.predict(x_context, y_context, x_query)
+        if self.is_classifier:
+            table = {"label": distribution.mode}
+            table.update({f"p{label}": distribution.probs[..., label] for label in range(distribution.num_classes)})
+            return {name: column.cpu().numpy() for name, column in table.items()}
         table = {"mean": distribution.mean, "std": distribution.stddev}
         for level in quantiles:
             table[f"q{level:g}"] = distribution.icdf(torch.full(distribution.batch_shape, float(level)))

@@ -153,3 +153,28 @@ def test_expected_calibration_error():
     labels = torch.tensor([0, 1, 0, 0])
     # bin 0.9: accuracy 0.5 vs confidence 0.9; bin 0.6: accuracy 1.0 vs 0.6; each holds half the points.
     assert expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+
+
+def test_cli_predict_with_a_classifier(tmp_path, tiny_gmm_path):
+    rng = np.random.default_rng(0)
+    x, labels = rng.normal(size=(10, 2)), np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 3])
+    np.savetxt(tmp_path / "train.csv", np.column_stack([x, labels]), delimiter=",")
+    np.savetxt(tmp_path / "test.csv", x[:4], delimiter=",")
+    main(
+        [
+            "predict",
+            "--model",
+            str(tiny_gmm_path),
+            "--context",
+            str(tmp_path / "train.csv"),
+            "--query",
+            str(tmp_path / "test.csv"),
+            "--out",
+            str(tmp_path / "out.csv"),
+        ]
+    )
+    table = np.genfromtxt(tmp_path / "out.csv", delimiter=",", names=True)
+    assert table.dtype.names == ("label", "p0", "p1", "p2", "p3")
+    probs = np.column_stack([table[f"p{c}"] for c in range(4)])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(table["label"], probs.argmax(1))
