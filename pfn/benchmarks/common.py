@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pfn.predictor import PFN
+from pfn.predictor import PFN, load
 
 # Seed stream tag for benchmark data; training draws from streams (seed, rank, step) and
 # (seed, 10**6, draw), so benchmark datasets never coincide with training batches.
@@ -48,9 +48,35 @@ def average_by_context(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def check_seed(model: PFN, seed: int) -> None:
+def load_for_bench(benchmark: str, model_name_or_path: str, seed: int, num_datasets: int, num_queries: int) -> PFN:
+    model = load(model_name_or_path)
     if seed == model.config.seed:
         raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
+    print(
+        f"pfn bench {benchmark}: model {model_name_or_path} ({model}), {num_datasets} datasets x {num_queries} "
+        f"queries per cell, seed {seed}",
+        flush=True,
+    )
+    return model
+
+
+def assemble_result(
+    benchmark: str, model_name_or_path: str, model: PFN, rows: list[dict[str, Any]], **settings: Any
+) -> dict[str, Any]:
+    """The JSON record of a run: settings, machine, per-context summary and every row."""
+    summary = average_by_context(rows)
+    return {
+        "benchmark": benchmark,
+        "model": str(model_name_or_path),
+        "model_metadata": model.metadata,
+        "prior": model.prior_spec,
+        **settings,
+        "machine": machine(model),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "mean_difference": sum(r["difference"] for r in summary) / len(summary),
+        "summary": summary,
+        "rows": rows,
+    }
 
 
 def machine(model: PFN) -> dict[str, Any]:
@@ -72,7 +98,3 @@ def write_results(name: str, result: dict[str, Any], table: str, description: st
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(f"# {name} benchmark: {result['model']}\n\n{description}\n\n{table}\n")
     print(f"results written to {stem}.json and {stem}.md")
-
-
-def now() -> str:
-    return datetime.datetime.now().isoformat(timespec="seconds")

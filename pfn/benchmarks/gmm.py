@@ -15,15 +15,13 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel
 from pfn.baselines.gmm_exact import gmm_posterior_predictive
 from pfn.benchmarks.common import (
     BENCH_STREAM,
-    average_by_context,
-    check_seed,
-    machine,
-    now,
+    assemble_result,
+    load_for_bench,
     standard_error,
     timed,
     write_results,
 )
-from pfn.predictor import PFN, load
+from pfn.predictor import PFN
 from pfn.training import seeded_generators
 from priors import GMMPrior, build_prior
 
@@ -161,31 +159,19 @@ def run_gmm_bench(
     baselines: tuple[str, ...] = CLASSICAL,
     out_dir: Path | None = Path("benchmarks/results"),
 ) -> dict[str, Any]:
-    model = load(model_name_or_path)
-    check_seed(model, seed)
-    print(
-        f"pfn bench gmm: model {model_name_or_path} ({model}), {num_datasets} datasets x {num_queries} queries "
-        f"per cell, seed {seed}",
-        flush=True,
-    )
+    model = load_for_bench("gmm", model_name_or_path, seed, num_datasets, num_queries)
     rows = gmm_bench_rows(model, contexts, features, num_datasets, num_queries, seed, baselines)
-    summary = average_by_context(rows)
-    mean_difference = sum(r["difference"] for r in summary) / len(summary)
-    result = {
-        "benchmark": "gmm",
-        "model": str(model_name_or_path),
-        "model_metadata": model.metadata,
-        "prior": model.prior_spec,
-        "datasets_per_cell": num_datasets,
-        "queries_per_dataset": num_queries,
-        "seed": seed,
-        "classical_smoothing": SMOOTHING,
-        "machine": machine(model),
-        "date": now(),
-        "mean_difference": mean_difference,
-        "summary": summary,
-        "rows": rows,
-    }
+    result = assemble_result(
+        "gmm",
+        model_name_or_path,
+        model,
+        rows,
+        datasets_per_cell=num_datasets,
+        queries_per_dataset=num_queries,
+        seed=seed,
+        classical_smoothing=SMOOTHING,
+    )
+    summary, mean_difference = result["summary"], result["mean_difference"]
     description = (
         f"Cross-entropy (nats per query point), accuracy and expected calibration error on held-out datasets of "
         f"the model's own prior ({num_datasets} datasets x {num_queries} queries per context size and feature "

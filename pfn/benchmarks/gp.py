@@ -8,15 +8,13 @@ from typing import Any
 from pfn.baselines import exact_gp_predictive
 from pfn.benchmarks.common import (
     BENCH_STREAM,
-    average_by_context,
-    check_seed,
-    machine,
-    now,
+    assemble_result,
+    load_for_bench,
     standard_error,
     timed,
     write_results,
 )
-from pfn.predictor import PFN, load
+from pfn.predictor import PFN
 from pfn.training import seeded_generators
 from priors import GPPrior, build_prior
 
@@ -91,29 +89,18 @@ def run_gp_bench(
     seed: int = 12345,
     out_dir: Path | None = Path("benchmarks/results"),
 ) -> dict[str, Any]:
-    model = load(model_name_or_path)
-    check_seed(model, seed)
-    print(
-        f"pfn bench gp: model {model_name_or_path} ({model}), {num_datasets} datasets x {num_queries} queries "
-        f"per cell, seed {seed}",
-        flush=True,
+    model = load_for_bench("gp", model_name_or_path, seed, num_datasets, num_queries)
+    rows = gp_bench_rows(model, contexts, features, num_datasets, num_queries, seed)
+    result = assemble_result(
+        "gp",
+        model_name_or_path,
+        model,
+        rows,
+        datasets_per_cell=num_datasets,
+        queries_per_dataset=num_queries,
+        seed=seed,
     )
-    summary = average_by_context(rows := gp_bench_rows(model, contexts, features, num_datasets, num_queries, seed))
-    mean_difference = sum(r["difference"] for r in summary) / len(summary)
-    result = {
-        "benchmark": "gp",
-        "model": str(model_name_or_path),
-        "model_metadata": model.metadata,
-        "prior": model.prior_spec,
-        "datasets_per_cell": num_datasets,
-        "queries_per_dataset": num_queries,
-        "seed": seed,
-        "machine": machine(model),
-        "date": now(),
-        "mean_difference": mean_difference,
-        "summary": summary,
-        "rows": rows,
-    }
+    summary, mean_difference = result["summary"], result["mean_difference"]
     description = (
         f"Mean NLL per query point on held-out datasets of the model's own prior ({num_datasets} datasets x "
         f"{num_queries} queries per context size and feature count {features}, seed {seed}), averaged over "
