@@ -51,10 +51,12 @@ def classical_probs(
     """Class probabilities [q, C] from a scikit-learn classifier fitted to one context."""
     probs = np.full((len(x_query), num_classes), 1.0 / num_classes)
     if name == "qda":
-        # QDA needs two points per class to estimate a covariance; other classes are left out.
+        # QDA needs more points than features in a class to estimate its covariance; classes with
+        # fewer are left out (they keep only the smoothing mass), as a user of QDA would have to.
         ids, counts = np.unique(labels, return_counts=True)
-        usable = np.isin(labels, ids[counts >= 2])
-        if len(ids[counts >= 2]) >= 2:
+        enough = ids[counts > x_context.shape[1]]
+        usable = np.isin(labels, enough)
+        if len(enough) >= 2:
             model = QuadraticDiscriminantAnalysis(reg_param=0.1).fit(x_context[usable], labels[usable])
             probs = np.zeros_like(probs)
             probs[:, model.classes_.astype(int)] = model.predict_proba(x_query)
