@@ -87,16 +87,23 @@ class PriorDataModule(L.LightningDataModule):
 
 
 class PFNModule(L.LightningModule):
-    """The PFN's training logic: backbone + Riemann head, loss = NLL of the query targets."""
+    """The PFN's training logic: backbone + head (Riemann or categorical); the loss is the head's."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.config = Config.from_dict(config).validate()
-        regression = self.config.model.head == "riemann"
-        borders = prior_borders(build_prior(self.config.prior), self.config) if regression else None
-        self.head = build_head(self.config.model, borders)
+        # A Riemann head's borders are placed in `setup`, so loading a checkpoint (which brings
+        # its own borders) never draws the thousands of prior datasets that placing them takes.
+        self.prior = build_prior(self.config.prior)
+        self.head = build_head(self.config.model)
         self.backbone = build_backbone(self.config.model)
+
+    def setup(self, stage: str) -> None:
+        # Lightning restores a resumed run's checkpoint after `setup`, overwriting these borders.
+        if self.config.model.head == "riemann" and not self.head.borders.any():
+            borders = prior_borders(self.prior, self.config)
+            self.head.borders.copy_(borders.to(self.head.borders.device))
 
     def forward(self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         return self.backbone(x_context, y_context, x_query)
