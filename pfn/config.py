@@ -44,6 +44,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 10_000
+    # A wall-clock budget: when set, max_steps is re-estimated from the measured step rate so the
+    # cosine schedule ends when the budget does (the exported config records the steps taken).
+    max_minutes: float | None = None
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 500
@@ -104,6 +107,8 @@ class Config:
             )
         if self.train.max_steps < 1 or self.train.checkpoint_every < 1:
             raise ValueError("train.max_steps and train.checkpoint_every must be >= 1")
+        if self.train.max_minutes is not None and not self.train.max_minutes > 0:
+            raise ValueError(f"train.max_minutes must be a positive number of minutes, got {self.train.max_minutes}")
         return self
 
 

@@ -9,6 +9,7 @@ the head and knows the loss; the Lightning `Trainer` runs the loop.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,42 @@ class PFNModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class TimeBudget(L.Callback):
+    """Fit training into `minutes` of wall-clock time by re-estimating `max_steps` as it runs.
+
+    The step rate is measured a few times (at 10%, 30% and 60% of the budget, after the first
+    steps that include start-up costs) and `max_steps` is set so that training ends when the
+    budget does; the warm-up + cosine schedule reads `max_steps` on every step, so it follows.
+    Lightning's own `max_time` stops the run if the estimate is off. On resume the budget
+    counts again from the restart.
+    """
+
+    def __init__(self, minutes: float, skip_steps: int = 20) -> None:
+        self.seconds = 60.0 * minutes
+        self.skip_steps = skip_steps
+        self.checkpoints = [0.1, 0.3, 0.6]
+        self.start_time = 0.0
+        self.rate_start: tuple[int, float] | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.start_time = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        step, now = trainer.global_step, time.perf_counter()
+        if self.rate_start is None:
+            if step >= self.skip_steps:
+                self.rate_start = (step, now)
+            return
+        elapsed = now - self.start_time
+        if not self.checkpoints or elapsed < self.checkpoints[0] * self.seconds:
+            return
+        self.checkpoints.pop(0)
+        steps_per_second = (step - self.rate_start[0]) / max(now - self.rate_start[1], 1e-9)
+        max_steps = max(step + 1, int(step + steps_per_second * (self.seconds - elapsed)))
+        trainer.fit_loop.epoch_loop.max_steps = max_steps
+        module.config.train.max_steps = max_steps  # the schedule and the exported config see it
+
+
 def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
     train = config.train
     output = Path(train.output_dir)
@@ -148,8 +185,14 @@ def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=output / "checkpoints", every_n_train_steps=train.checkpoint_every, save_last=True, save_top_k=1
     )
+    callbacks = [checkpoints, *(callbacks or [])]
+    max_time = None
+    if train.max_minutes is not None:
+        callbacks.append(TimeBudget(train.max_minutes))
+        max_time = {"seconds": 60.0 * train.max_minutes * 1.05 + 30}
     return L.Trainer(
         max_steps=train.max_steps,
+        max_time=max_time,
         accelerator=train.accelerator,
         devices=train.devices,
         num_nodes=train.num_nodes,
@@ -157,7 +200,7 @@ def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L
         precision=precision,
         gradient_clip_val=train.grad_clip,
         logger=logger,
-        callbacks=[checkpoints, *(callbacks or [])],
+        callbacks=callbacks,
         log_every_n_steps=train.log_every,
         enable_progress_bar=train.progress_bar,
         enable_model_summary=False,

@@ -112,3 +112,17 @@ def test_wandb_logger_works_offline(tmp_path, monkeypatch):
     path = train(tiny_config(tmp_path, "--logger", "wandb", "--train.max_steps", "3"))
     assert path.is_file()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_time_budget_sets_max_steps_to_fit_the_budget(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    path = train(tiny_config(tmp_path, "--train.max_minutes", "0.05", "--train.max_steps", "1000000"))
+    seconds = time.perf_counter() - start
+    checkpoint = read_checkpoint(path)
+    trained = checkpoint["metadata"]["trained_steps"]
+    # The budget (3 s) stops training long before a million steps, and the exported config
+    # records the schedule's final length, which is the number of steps actually taken.
+    assert 20 < trained < 1_000_000 and seconds < 60
+    assert checkpoint["config"]["train"]["max_steps"] == trained
