@@ -7,11 +7,15 @@ finds them. This package never imports `pfn`.
 from priors.base import Prior, PriorBatch, available_priors, build_prior, register_prior
 from priors.gmm import GMMPrior
 from priors.gp import GPPrior
+from priors.lc import LearningCurvePrior
+from priors.minmax import MinMaxPrior
 from priors.mixture import MixturePrior
 
 __all__ = [
     "GMMPrior",
     "GPPrior",
+    "LearningCurvePrior",
+    "MinMaxPrior",
     "MixturePrior",
     "Prior",
     "PriorBatch",
