@@ -21,11 +21,22 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, corrupt or from an incompatible version."""
 
 
-def save_model(module, path: str | Path, **metadata: Any) -> Path:
-    """Write a trained `PFNModule` (or anything with .config, .backbone, .head) to one file."""
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def save_model(module, path: str | Path, weights_dtype: str = "float32", **metadata: Any) -> Path:
+    """Write a trained `PFNModule` (or anything with .config, .backbone, .head) to one file.
+
+    `weights_dtype="float16"` halves the file (loading casts the weights back to float32); the
+    head's state (bucket borders) is always kept in full precision.
+    """
     from pfn import __version__
 
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}")
+    dtype = WEIGHT_DTYPES[weights_dtype]
     backbone = getattr(module.backbone, "_orig_mod", module.backbone)  # unwrap torch.compile
+    metadata = {**metadata, "weights_dtype": weights_dtype}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -34,7 +45,10 @@ def save_model(module, path: str | Path, **metadata: Any) -> Path:
         "prior": json.dumps(module.config.prior),
         "metadata": json.dumps(metadata),
         "head_state": {key: value.detach().cpu() for key, value in module.head.state_dict().items()},
-        "state_dict": {key: value.detach().cpu() for key, value in backbone.state_dict().items()},
+        "state_dict": {
+            key: value.detach().cpu().to(dtype) if value.is_floating_point() else value.detach().cpu()
+            for key, value in backbone.state_dict().items()
+        },
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,7 @@ class TrainConfig:
     log_every: int = 50
     output_dir: str = "runs/default"
     progress_bar: bool = True
+    export_dtype: str = "float32"  # weights in the exported .pfn file: "float32" or "float16" (half the size)
 
 
 @dataclass
@@ -107,6 +108,8 @@ class Config:
             )
         if self.train.max_steps < 1 or self.train.checkpoint_every < 1:
             raise ValueError("train.max_steps and train.checkpoint_every must be >= 1")
+        if self.train.export_dtype not in ("float32", "float16"):
+            raise ValueError(f"train.export_dtype must be 'float32' or 'float16', got {self.train.export_dtype!r}")
         if self.train.max_minutes is not None and not self.train.max_minutes > 0:
             raise ValueError(f"train.max_minutes must be a positive number of minutes, got {self.train.max_minutes}")
         return self

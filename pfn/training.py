@@ -109,11 +109,20 @@ class PFNModule(L.LightningModule):
     def forward(self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         return self.backbone(x_context, y_context, x_query)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean loss of the query points (those after the first `num_context`) of a prior batch."""
         x, y, n = batch["x"], batch["y"], batch["num_context"]
         logits = self(x[:, :n], y[:, :n], x[:, n:])
-        loss = self.head.loss(logits, y[:, n:]).mean()
-        self.log("train/loss", loss, prog_bar=True)
+        return self.head.loss(logits, y[:, n:]).mean()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        # A logged tensor stays on the device until the logger writes it (every `log_every`
+        # steps), but the progress bar turns its values into Python numbers whenever it redraws,
+        # which waits for the GPU: so the bar gets a fresh loss only every `log_every` steps.
+        self.log("train/loss", loss)
+        if batch_idx % self.config.train.log_every == 0:
+            self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
     def configure_optimizers(self):
@@ -222,5 +231,5 @@ def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callba
     trainer.fit(module, datamodule=PriorDataModule(config), ckpt_path=ckpt_path)
     path = Path(config.train.output_dir) / "model.pfn"
     if trainer.is_global_zero:
-        save_model(module, path, trained_steps=trainer.global_step)
+        save_model(module, path, weights_dtype=config.train.export_dtype, trained_steps=trainer.global_step)
     return path

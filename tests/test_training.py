@@ -126,3 +126,22 @@ def test_time_budget_sets_max_steps_to_fit_the_budget(tmp_path):
     # records the schedule's final length, which is the number of steps actually taken.
     assert 20 < trained < 1_000_000 and seconds < 60
     assert checkpoint["config"]["train"]["max_steps"] == trained
+
+
+def test_float16_export_halves_the_file_and_keeps_predictions(tmp_path, tiny_model_path):
+    from pfn.checkpoint import save_model
+    from pfn.training import PFNModule
+
+    model = pfn.load(tiny_model_path)
+    module = PFNModule(model.config.to_dict())
+    module.backbone.load_state_dict(model.backbone.state_dict())
+    module.head.load_state_dict(model.head.state_dict())
+    half = pfn.load(save_model(module, tmp_path / "half.pfn", weights_dtype="float16"))
+    assert (tmp_path / "half.pfn").stat().st_size < 0.6 * tiny_model_path.stat().st_size
+    assert torch.equal(half.head.borders, model.head.borders)  # borders stay in full precision
+    x = torch.rand(4, 12, 2)
+    y = torch.randn(4, 12)
+    full_mean = model.predict(x[:, :8], y[:, :8], x[:, 8:]).mean
+    assert torch.allclose(half.predict(x[:, :8], y[:, :8], x[:, 8:]).mean, full_mean, atol=1e-2)
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_model(module, tmp_path / "bad.pfn", weights_dtype="int8")
