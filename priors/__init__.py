@@ -5,6 +5,7 @@ finds them. This package never imports `pfn`.
 """
 
 from priors.base import Prior, PriorBatch, available_priors, build_prior, register_prior
+from priors.bnn import BNNPrior
 from priors.gmm import GMMPrior
 from priors.gp import GPPrior
 from priors.lc import LearningCurvePrior
@@ -12,6 +13,7 @@ from priors.minmax import MinMaxPrior
 from priors.mixture import MixturePrior
 
 __all__ = [
+    "BNNPrior",
     "GMMPrior",
     "GPPrior",
     "LearningCurvePrior",
