@@ -117,12 +117,10 @@ class PFNModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        # A logged tensor stays on the device until the logger writes it (every `log_every`
-        # steps), but the progress bar turns its values into Python numbers whenever it redraws,
-        # which waits for the GPU: so the bar gets a fresh loss only every `log_every` steps.
+        # Not `prog_bar=True`: Lightning turns progress-bar values into Python numbers after every
+        # step, which waits for the GPU. A logged tensor stays on the device until the logger
+        # writes it, every `log_every` steps.
         self.log("train/loss", loss)
-        if batch_idx % self.config.train.log_every == 0:
-            self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
     def configure_optimizers(self):
