@@ -142,34 +142,35 @@ class PFNModule(L.LightningModule):
 class TimeBudget(L.Callback):
     """Fit training into `minutes` of wall-clock time by re-estimating `max_steps` as it runs.
 
-    The step rate is measured a few times (at 10%, 30% and 60% of the budget, after the first
-    steps that include start-up costs) and `max_steps` is set so that training ends when the
-    budget does; the warm-up + cosine schedule reads `max_steps` on every step, so it follows.
-    Lightning's own `max_time` stops the run if the estimate is off. On resume the budget
-    counts again from the restart.
+    At a few points of the budget the step rate is measured over the window since the previous
+    point (so a machine that gets busier or quieter is followed), and `max_steps` is set so that
+    training ends when the budget does; the warm-up + cosine schedule reads `max_steps` on every
+    step, so it follows. Lightning's own `max_time` stops the run if the estimate is off. On
+    resume the budget counts again from the restart.
     """
 
     def __init__(self, minutes: float, skip_steps: int = 20) -> None:
         self.seconds = 60.0 * minutes
-        self.skip_steps = skip_steps
-        self.checkpoints = [0.1, 0.3, 0.6]
+        self.skip_steps = skip_steps  # the first steps include one-off start-up costs
+        self.fractions = [0.1, 0.3, 0.5, 0.7, 0.85]
         self.start_time = 0.0
-        self.rate_start: tuple[int, float] | None = None
+        self.window_start: tuple[int, float] | None = None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.start_time = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         step, now = trainer.global_step, time.perf_counter()
-        if self.rate_start is None:
+        if self.window_start is None:
             if step >= self.skip_steps:
-                self.rate_start = (step, now)
+                self.window_start = (step, now)
             return
         elapsed = now - self.start_time
-        if not self.checkpoints or elapsed < self.checkpoints[0] * self.seconds:
+        if not self.fractions or elapsed < self.fractions[0] * self.seconds:
             return
-        self.checkpoints.pop(0)
-        steps_per_second = (step - self.rate_start[0]) / max(now - self.rate_start[1], 1e-9)
+        self.fractions.pop(0)
+        steps_per_second = (step - self.window_start[0]) / max(now - self.window_start[1], 1e-9)
+        self.window_start = (step, now)
         max_steps = max(step + 1, int(step + steps_per_second * (self.seconds - elapsed)))
         trainer.fit_loop.epoch_loop.max_steps = max_steps
         module.config.train.max_steps = max_steps  # the schedule and the exported config see it

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Train every shipped checkpoint on one GPU in one go, after measuring training throughput.
+#
+#   OUT=runs/shipped bash benchmarks/train_shipped.sh [TOTAL_SECONDS] [MODELS...]
+#
+# The throughput benchmark runs first, alone on the GPU, so its figures are clean. Then all
+# models train at the same time, one process each (small models leave a GPU mostly idle, so
+# several processes share it well), each with a wall-clock budget (`train.max_minutes`) sized
+# so that everything has finished and been exported within TOTAL_SECONDS (default 540) of the
+# start. The exported models (float16 weights) land in $OUT/<name>.pfn; the logs, the
+# throughput JSON and the nvidia-smi output in $OUT/logs.tgz. Each exported config records the
+# number of steps taken, so `pfn train --config configs/<name>.yaml --train.max_steps N`
+# reproduces a model without the time budget.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-runs/shipped}"
+TOTAL_SECONDS="${1:-540}"
+shift || true
+MODELS=("$@")
+[ ${#MODELS[@]} -eq 0 ] && MODELS=(gp gmm bnn gp_hyper lc regressor classifier)
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
+START=$(date +%s)
+
+{ nvidia-smi; python3 -c "import torch, lightning; print(torch.__version__, lightning.__version__)"; } \
+    > "$LOGS/machine.txt" 2>&1
+
+timeout 120 python3 -m pfn.benchmarks.throughput --preset all --out "$LOGS/throughput.json" \
+    > "$LOGS/throughput.log" 2>&1 || echo "throughput benchmark failed or timed out (see throughput.log)"
+
+# Budget: what is left, minus a minute for start-up (bucket borders) and export.
+ELAPSED=$(( $(date +%s) - START ))
+MINUTES=$(python3 -c "print(max(1.0, ($TOTAL_SECONDS - $ELAPSED - 75) / 60 / 1.05 - 0.5))")
+echo "throughput done after ${ELAPSED}s; training ${MODELS[*]} for ${MINUTES} min each"
+
+for name in "${MODELS[@]}"; do
+    if [ ! -f "configs/$name.yaml" ]; then
+        echo "skipping $name: configs/$name.yaml not found"
+        continue
+    fi
+    python3 -m pfn.cli train --config "configs/$name.yaml" \
+        --train.max_minutes "$MINUTES" --train.max_steps 1000000 --train.export_dtype float16 \
+        --train.checkpoint_every 2000 --train.progress_bar false --train.output_dir "runs/$name" \
+        > "$LOGS/$name.log" 2>&1 &
+done
+wait
+
+for name in "${MODELS[@]}"; do
+    if [ -f "runs/$name/model.pfn" ]; then
+        cp "runs/$name/model.pfn" "$OUT/$name.pfn"
+        cp "runs/$name"/logs/version_*/metrics.csv "$LOGS/$name-metrics.csv" 2>/dev/null
+    else
+        echo "$name: no model exported (see $LOGS/$name.log)"
+    fi
+done
+echo "all done after $(( $(date +%s) - START ))s"
+ls -la "$OUT"
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -r "$LOGS"
