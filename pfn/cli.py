@@ -57,8 +57,13 @@ BENCH_DEFAULTS = {
 
 
 def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
+    if args.prior == "train":
+        from pfn.benchmarks.throughput import run_from_args
+
+        run_from_args(args)
+        return
     if args.prior not in BENCH_DEFAULTS:
-        raise SystemExit(f"unknown benchmark {args.prior!r}; available: {', '.join(BENCH_DEFAULTS)}")
+        raise SystemExit(f"unknown benchmark {args.prior!r}; available: {', '.join([*BENCH_DEFAULTS, 'train'])}")
     model, contexts, features, datasets, queries = BENCH_DEFAULTS[args.prior]
     common = {
         "contexts": [int(c) for c in (args.context or contexts).split(",")],
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench", help="compare a PFN with the exact Bayesian answer on prior data")
-    bench.add_argument("prior", help="benchmark name: " + ", ".join(BENCH_DEFAULTS))
+    bench.add_argument("prior", help="benchmark name: " + ", ".join([*BENCH_DEFAULTS, "train"]))
     bench.add_argument("--model", help="shipped model name or .pfn path (default: the benchmark's name)")
     bench.add_argument("--context", help="context sizes, e.g. 10,50,100")
     bench.add_argument("--features", help="numbers of input features, e.g. 1,2,3")
@@ -123,6 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--baselines", default="qda,gpc", help="gmm: classical baselines to run (qda, gpc)")
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")
+    # `pfn bench train`: training throughput (pfn/benchmarks/throughput.py)
+    bench.add_argument("--preset", default="all", help="train: paper, small or all")
+    bench.add_argument("--out", help="train: JSON file to write")
+    bench.add_argument("--quick", action="store_true", help="train: tiny sizes and windows (a CPU smoke test)")
+    bench.add_argument("--compile", action="store_true", help="train: torch.compile the backbone")
+    bench.add_argument("--warmup", type=float, help="train: warm-up seconds (default 3)")
+    bench.add_argument("--seconds", type=float, help="train: measurement window in seconds (default 6)")
     bench.set_defaults(run=_bench)
 
     example = commands.add_parser("example", help="predict a dataset from the model's prior, next to the exact GP")

@@ -1,0 +1,511 @@
+"""Training throughput: datasets/s end to end, of the model step alone, and of the prior alone.
+
+For a named preset (the reference PFN trainer's "paper" and "small" GP configs, see issue 7)
+this measures, on the current device:
+
+- end to end: the real training path (`PFNModule` + `PriorDataModule` + `make_trainer`), timed
+  by a callback between two steps after a warm-up, with the GPU synchronised at the window's
+  edges only;
+- the model step alone: forward, loss, backward, gradient clipping, fused AdamW and scheduler
+  steps on batches drawn beforehand, under the same autocast precision as training;
+- the prior alone: `draw_training_batch` on the device, as training calls it;
+
+and reports the sampling share of a training step, which attention kernel (SDPA backend) runs,
+the host-device synchronisations inside a step (on CUDA), and the machine. Each measurement is
+guarded: a failure is recorded in the JSON and the others still run. The JSON file is rewritten
+after every measurement, so a run cut short keeps what it measured.
+
+    python -m pfn.benchmarks.throughput --preset all --out throughput.json
+    pfn bench train --preset paper --out throughput.json
+    pfn bench train --quick            # tiny sizes and windows: a CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import gc
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from pfn.config import Config
+from pfn.heads import borders_from_samples
+from pfn.training import PFNModule, PriorDataModule, draw_training_batch, make_trainer
+from priors import GPPrior, Prior, build_prior
+
+# The prior of configs/gp.yaml (the PFN paper's fixed GP hyperparameters); a test checks they agree.
+GP_PRIOR = {"name": "gp", "kernel": "rbf", "lengthscale": 0.6, "outputscale": 1.0, "noise": 1.0e-4}
+
+# The reference trainer's configs (issue 7). Every dataset has exactly `features` features.
+PRESETS: dict[str, dict[str, int]] = {
+    "paper": {
+        "emsize": 512, "nlayers": 6, "nhead": 4, "nhid": 1024, "num_buckets": 1000,
+        "num_points": 1000, "features": 5, "batch_size": 32,
+    },
+    "small": {
+        "emsize": 256, "nlayers": 6, "nhead": 4, "nhid": 512, "num_buckets": 1000,
+        "num_points": 200, "features": 1, "batch_size": 128,
+    },
+}  # fmt: skip
+# --quick: sizes small enough for a CPU test, same code path.
+QUICK = {"emsize": 32, "nlayers": 2, "nhead": 2, "nhid": 64, "num_buckets": 20, "num_points": 30, "batch_size": 8}
+
+# The reference PFN trainer (PyPI `pfns` 0.4.2) on an H100, datasets/s (issue 7).
+REFERENCE = {"paper": {"end_to_end": 64.0, "model_step": 788.0}, "small": {"end_to_end": 855.0, "model_step": 3783.0}}
+TARGETS = {
+    name: {"end_to_end": 10 * ref["end_to_end"] if name == "paper" else 4000.0, "model_step": 1.5 * ref["model_step"]}
+    for name, ref in REFERENCE.items()
+}
+
+SDPA_OPS = {
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_attention_math": "math",
+}
+
+
+def preset_config(name: str, quick: bool = False, compile: bool = False, output_dir: str = "runs/bench") -> Config:
+    """The training config of a preset: GP prior, fixed feature count, context size drawn per batch."""
+    sizes = {**PRESETS[name], **(QUICK if quick else {})}
+    features = sizes["features"]
+    return Config.from_dict(
+        {
+            "seed": 0,
+            "logger": "csv",
+            "prior": dict(GP_PRIOR),
+            "model": {
+                "emsize": sizes["emsize"],
+                "nlayers": sizes["nlayers"],
+                "nhead": sizes["nhead"],
+                "nhid": sizes["nhid"],
+                "max_features": features,
+                "num_buckets": sizes["num_buckets"],
+            },
+            "data": {"batch_size": sizes["batch_size"], "num_points": sizes["num_points"], "min_features": features},
+            "train": {
+                "max_steps": 10**9,  # the timing callback stops the run
+                "checkpoint_every": 10**9,
+                "log_every": 50,
+                "progress_bar": False,
+                "compile": compile,
+                "output_dir": output_dir,
+            },
+        }
+    ).validate()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_loop(function: Callable[[], Any], device: torch.device, warmup_s: float, seconds: float) -> dict[str, float]:
+    """Call `function` for `warmup_s`, then count calls for `seconds` (at least 3), synchronising at both edges."""
+    start = time.perf_counter()
+    calls = 0
+    while calls < 2 or time.perf_counter() - start < warmup_s:
+        function()
+        calls += 1
+    synchronize(device)
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < seconds:
+        function()
+        calls += 1
+    synchronize(device)
+    return {"calls": calls, "seconds": time.perf_counter() - start}
+
+
+def rates(calls: int, seconds: float, config: Config) -> dict[str, float]:
+    per_second = calls / seconds
+    return {
+        "steps": calls,
+        "seconds": seconds,
+        "ms_per_step": 1000 / per_second,
+        "datasets_per_s": per_second * config.data.batch_size,
+        "tokens_per_s": per_second * config.data.batch_size * config.data.num_points,
+    }
+
+
+def placed_borders(prior: Prior, config: Config, device: torch.device) -> torch.Tensor:
+    """Bucket borders from a few batches drawn on the device: quicker than training's CPU draw of
+    `border_datasets` datasets, and where the borders lie does not change the step's cost."""
+    needed = 20 * config.model.num_buckets
+    per_batch = config.data.batch_size * config.data.num_points
+    draws = [draw_training_batch(prior, config, 10**6 + i, 0, device)["y"] for i in range(-(-needed // per_batch))]
+    return borders_from_samples(torch.cat(draws).cpu(), config.model.num_buckets)
+
+
+def build_module(config: Config, prior: Prior, device: torch.device) -> PFNModule:
+    module = PFNModule(config.to_dict())
+    module.head.borders.copy_(placed_borders(prior, config, device))  # so `setup` keeps them
+    return module
+
+
+class SyncProbe:
+    """Counts host-device synchronisations (CUDA only) while active, by where they were called."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.enabled = device.type == "cuda"
+        self.records: list[warnings.WarningMessage] = []
+        self._catcher: warnings.catch_warnings | None = None
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._catcher = warnings.catch_warnings(record=True)
+        self.records = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self, steps: int) -> dict[str, Any] | None:
+        if not self.enabled or self._catcher is None:
+            return None
+        torch.cuda.set_sync_debug_mode("default")
+        self._catcher.__exit__(None, None, None)
+        self._catcher = None
+        syncs = [r for r in self.records if "synchronizing" in str(r.message)]
+        places: dict[str, int] = {}
+        for record in syncs:
+            place = f"{record.filename}:{record.lineno}"
+            places[place] = places.get(place, 0) + 1
+        return {"steps": steps, "syncs": len(syncs), "syncs_per_step": len(syncs) / steps, "where": places}
+
+
+def model_step_function(module: PFNModule, batches: list[dict[str, Any]], config: Config, device: torch.device):
+    """One training step as Lightning runs it (bf16 autocast on CUDA), on batches drawn beforehand."""
+    optimizers = module.configure_optimizers()
+    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    use_bf16 = device.type == "cuda"  # what precision "auto" chooses
+    index = 0
+
+    def step() -> None:
+        nonlocal index
+        batch = batches[index % len(batches)]
+        index += 1
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = module.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def sdpa_backends(step: Callable[[], None], device: torch.device) -> dict[str, Any]:
+    """Which `scaled_dot_product_attention` implementation one step runs, from the profiler's op names."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        step()
+        synchronize(device)
+    names = [event.key for event in profile.key_averages()]
+    ops = {SDPA_OPS[name]: name for name in names if name in SDPA_OPS}
+    kernels = [  # CUDA kernel names (not aten ops or autograd nodes)
+        name[:120]
+        for name in names
+        if any(k in name.lower() for k in ("flash", "fmha", "attention"))
+        and not name.startswith(("aten::", "autograd::"))
+        and "Backward" not in name
+    ]
+    return {"backends": sorted(ops), "ops": sorted(ops.values()), "kernels": kernels[:8]}
+
+
+def measure_model_step(config: Config, device: torch.device, warmup_s: float, seconds: float) -> dict[str, Any]:
+    prior = build_prior(config.prior)
+    module = build_module(config, prior, device).to(device)
+    if config.train.compile:
+        module.backbone = torch.compile(module.backbone)  # as `train` does
+    # The batches training sees at steps 0-7: a spread of context sizes.
+    batches = [draw_training_batch(prior, config, step, 0, device) for step in range(8)]
+    step = model_step_function(module, batches, config, device)
+    result = rates(**timed_loop(step, device, warmup_s, seconds), config=config)
+    probe = SyncProbe(device)
+    probe.start()
+    for _ in range(3):
+        step()
+    result["sync_probe"] = probe.stop(steps=3)
+    result["sdpa"] = sdpa_backends(step, device)
+    result["context_sizes"] = [batch["num_context"] for batch in batches]
+    return result
+
+
+def measure_prior(config: Config, device: torch.device, warmup_s: float, seconds: float) -> dict[str, Any]:
+    prior = build_prior(config.prior)
+    step = 0
+
+    def draw() -> None:
+        nonlocal step
+        draw_training_batch(prior, config, step, 0, device)
+        step += 1
+
+    return rates(**timed_loop(draw, device, warmup_s, seconds), config=config)
+
+
+def cholesky_precision(config: Config, device: torch.device, repeats: int = 3) -> dict[str, Any]:
+    """Time the GP prior's Cholesky factorisation in float64 (what it uses) and float32, and count
+    float32 failures: for the noise-free kernel matrix (what the prior factors now) and for the
+    kernel matrix plus the noise variance (the covariance of y, an alternative that skips f)."""
+    prior = build_prior(config.prior)
+    if not isinstance(prior, GPPrior) or not prior.has_fixed_hyperparameters:
+        return {"skipped": "needs a GP prior with fixed hyperparameters"}
+    data = config.data
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(data.batch_size, data.num_points, data.min_features, generator=generator, device=device)
+    x = x.double()
+    batch = torch.ones(data.batch_size, device=device, dtype=torch.float64)
+    kernel = prior.covariance(x, x, prior.lengthscale * batch, prior.outputscale * batch)
+    eye = torch.eye(data.num_points, device=device, dtype=torch.float64)
+    matrices = {
+        "f_jitter": kernel + prior.jitter * eye,  # the prior's own first try (unit mean diagonal)
+        "y_noise": kernel + prior.noise * eye,
+    }
+    result: dict[str, Any] = {"num_points": data.num_points, "batch_size": data.batch_size}
+    for name, matrix in matrices.items():
+        for dtype in (torch.float64, torch.float32):
+            typed = matrix.to(dtype)
+            torch.linalg.cholesky_ex(typed)  # warm-up (library handles, workspaces)
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                _, info = torch.linalg.cholesky_ex(typed)
+            synchronize(device)
+            key = f"{name}_{str(dtype).removeprefix('torch.')}"
+            result[f"{key}_ms"] = 1000 * (time.perf_counter() - start) / repeats
+            result[f"{key}_failures"] = int((info > 0).sum())
+    return result
+
+
+class ThroughputWindow(L.Callback):
+    """Times training steps between two step ends: after `warmup_s` (and a few steps), for `seconds`,
+    synchronising the GPU at the two edges only; then stops the run. Probes syncs during warm-up."""
+
+    def __init__(self, device: torch.device, warmup_s: float, seconds: float, probe_steps: int = 3) -> None:
+        self.device, self.warmup_s, self.seconds = device, warmup_s, seconds
+        self.probe, self.probe_steps = SyncProbe(device), probe_steps
+        self.started = self.window_start = 0.0
+        self.first_step: int | None = None
+        self.result: dict[str, Any] | None = None
+        self.sync_probe: dict[str, Any] | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 2:  # past the first steps' one-off costs
+            self.probe.start()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        step, now = trainer.global_step, time.perf_counter()
+        if step == 2 + self.probe_steps:
+            self.sync_probe = self.probe.stop(steps=self.probe_steps)
+        if self.first_step is None:
+            if step > 3 + self.probe_steps and now - self.started >= self.warmup_s:
+                synchronize(self.device)
+                self.first_step, self.window_start = step, time.perf_counter()
+        elif step - self.first_step >= 3 and now - self.window_start >= self.seconds:
+            synchronize(self.device)
+            self.result = {"steps": step - self.first_step, "seconds": time.perf_counter() - self.window_start}
+            trainer.should_stop = True
+
+
+def measure_end_to_end(config: Config, device: torch.device, warmup_s: float, seconds: float) -> dict[str, Any]:
+    prior = build_prior(config.prior)
+    module = build_module(config, prior, device)
+    if config.train.compile:
+        module.backbone = torch.compile(module.backbone)  # as `train` does
+    window = ThroughputWindow(device, warmup_s, seconds)
+    trainer = make_trainer(config, callbacks=[window])
+    trainer.fit(module, datamodule=PriorDataModule(config))
+    if window.result is None:
+        raise RuntimeError(f"training stopped after {trainer.global_step} steps, before the timing window ended")
+    result = rates(window.result["steps"], window.result["seconds"], config)
+    result["precision"] = str(trainer.precision)
+    result["sync_probe"] = window.sync_probe
+    return result
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=properties.name,
+            gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+            compute_capability=f"{properties.major}.{properties.minor}",
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            flash_sdp_enabled=torch.backends.cuda.flash_sdp_enabled(),
+            mem_efficient_sdp_enabled=torch.backends.cuda.mem_efficient_sdp_enabled(),
+            cudnn_sdp_enabled=torch.backends.cuda.cudnn_sdp_enabled(),
+        )
+    return info
+
+
+def guarded(measure: Callable[[], dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """Run one measurement; an exception becomes an error entry so the other measurements go on."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        result = measure()
+    except Exception as error:  # noqa: BLE001 - recorded, and the benchmark continues
+        result = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-2000:]}
+    if device.type == "cuda":
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def summarise(name: str, preset: dict[str, Any]) -> dict[str, Any]:
+    """Sampling share of an end-to-end step, and the figures next to the reference and targets."""
+    summary: dict[str, Any] = {}
+    end_to_end, model, prior = (preset.get(k, {}) for k in ("end_to_end", "model_step", "prior"))
+    if "ms_per_step" in end_to_end and "ms_per_step" in prior:
+        summary["sampling_share"] = prior["ms_per_step"] / end_to_end["ms_per_step"]
+    if "ms_per_step" in end_to_end and "ms_per_step" in model:
+        summary["model_share"] = model["ms_per_step"] / end_to_end["ms_per_step"]
+    if name in REFERENCE and not preset["quick"]:
+        for key in ("end_to_end", "model_step"):
+            if "datasets_per_s" in preset.get(key, {}):
+                measured = preset[key]["datasets_per_s"]
+                summary[f"{key}_vs_reference"] = measured / REFERENCE[name][key]
+                summary[f"{key}_meets_target"] = measured >= TARGETS[name][key]
+    return summary
+
+
+def run_throughput(
+    presets: list[str],
+    out: Path | None = None,
+    quick: bool = False,
+    compile: bool = False,
+    warmup_s: float | None = None,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """Measure each preset (end to end, model step, prior); print a table; write JSON to `out`."""
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)} or all, got {', '.join(unknown)}")
+    warmup_s = warmup_s if warmup_s is not None else (0.2 if quick else 3.0)
+    seconds = seconds if seconds is not None else (0.5 if quick else 6.0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result: dict[str, Any] = {
+        "benchmark": "train_throughput",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "settings": {"quick": quick, "compile": compile, "warmup_s": warmup_s, "seconds": seconds},
+        "environment": environment(device),
+        "reference": REFERENCE,
+        "targets": TARGETS,
+        "presets": {},
+    }
+
+    def save() -> None:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2))
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        for name in presets:
+            config = preset_config(name, quick=quick, compile=compile, output_dir=output_dir)
+            preset: dict[str, Any] = {
+                "quick": quick,
+                "config": {"model": vars(config.model), "data": vars(config.data)},
+            }
+            result["presets"][name] = preset
+            # Shortest first, so a run cut short still has something; the prior gets half the window.
+            measurements = [
+                ("prior", functools.partial(measure_prior, config, device, warmup_s / 3, seconds / 2)),
+                ("cholesky", functools.partial(cholesky_precision, config, device)),
+                ("model_step", functools.partial(measure_model_step, config, device, warmup_s / 2, seconds)),
+                ("end_to_end", functools.partial(measure_end_to_end, config, device, warmup_s, seconds)),
+            ]
+            for key, measure in measurements:
+                print(f"[{name}] {key} ...", flush=True)
+                preset[key] = guarded(measure, device)
+                save()
+            preset["summary"] = summarise(name, preset)
+            save()
+    print(table(result))
+    if out is not None:
+        print(f"results written to {out}")
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    def rate(entry: dict[str, Any]) -> str:
+        return f"{entry['datasets_per_s']:,.0f}" if "datasets_per_s" in entry else "error"
+
+    lines = [
+        "| preset | end to end datasets/s | tokens/s | model step datasets/s | prior datasets/s | sampling share "
+        "| SDPA | syncs/step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, preset in result["presets"].items():
+        end_to_end, model, prior = preset["end_to_end"], preset["model_step"], preset["prior"]
+        share = preset["summary"].get("sampling_share")
+        probe = end_to_end.get("sync_probe") or {}
+        lines.append(
+            f"| {name} | {rate(end_to_end)} | {end_to_end.get('tokens_per_s', float('nan')):,.0f} | {rate(model)} "
+            f"| {rate(prior)} | {'-' if share is None else f'{share:.0%}'} "
+            f"| {', '.join(model.get('sdpa', {}).get('backends', [])) or '-'} | {probe.get('syncs_per_step', '-')} |"
+        )
+    environment = result["environment"]
+    lines.append(f"\n{environment.get('gpu', environment['device'])}, torch {environment['torch']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pfn.benchmarks.throughput", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run_from_args(args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="all", help=f"{', '.join(PRESETS)} or all")
+    parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and windows (a CPU smoke test)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (train.compile)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds before the end-to-end window (default 3)")
+    parser.add_argument("--seconds", type=float, help="measurement window in seconds (default 6)")
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    presets = list(PRESETS) if args.preset == "all" else args.preset.split(",")
+    run_throughput(
+        presets,
+        out=Path(args.out) if args.out else None,
+        quick=args.quick,
+        compile=args.compile,
+        warmup_s=args.warmup,
+        seconds=args.seconds,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The training-throughput benchmark: runs end to end at tiny sizes and writes well-formed JSON."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from pfn.benchmarks.throughput import GP_PRIOR, preset_config, run_throughput
+from pfn.cli import main
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def one_thread():
+    # Two threads on a busy 2-core machine make tiny steps 100x slower (spinning OpenMP workers).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quick_benchmark_writes_json(tmp_path, one_thread):
+    out = tmp_path / "throughput.json"
+    main(["bench", "train", "--preset", "small", "--quick", "--warmup", "0", "--seconds", "0.2", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "train_throughput" and result["environment"]["torch"] == torch.__version__
+    preset = result["presets"]["small"]
+    num_points, batch_size = preset["config"]["data"]["num_points"], preset["config"]["data"]["batch_size"]
+    for key in ("end_to_end", "model_step", "prior"):
+        entry = preset[key]
+        assert "error" not in entry, entry.get("traceback")
+        assert entry["steps"] >= 3 and entry["seconds"] > 0
+        assert entry["datasets_per_s"] == pytest.approx(entry["steps"] / entry["seconds"] * batch_size)
+        assert entry["tokens_per_s"] == pytest.approx(entry["datasets_per_s"] * num_points)
+    assert preset["end_to_end"]["precision"] == "32-true"  # what "auto" picks on a CPU
+    assert preset["model_step"]["sdpa"]["backends"]  # the profiler saw an attention op
+    assert preset["cholesky"]["f_jitter_float64_failures"] == 0
+    share = preset["summary"]["sampling_share"]
+    assert share == pytest.approx(preset["prior"]["ms_per_step"] / preset["end_to_end"]["ms_per_step"])
+    assert "end_to_end_vs_reference" not in preset["summary"]  # quick sizes are not the reference's
+
+
+def test_a_failing_measurement_is_recorded_and_the_rest_run(tmp_path, one_thread, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr("pfn.benchmarks.throughput.measure_model_step", broken)
+    out = tmp_path / "throughput.json"
+    run_throughput(["small"], out=out, quick=True, warmup_s=0.0, seconds=0.1)
+    preset = json.loads(out.read_text())["presets"]["small"]
+    assert "simulated failure" in preset["model_step"]["error"]
+    assert preset["end_to_end"]["datasets_per_s"] > 0 and preset["prior"]["datasets_per_s"] > 0
+
+
+def test_presets_are_the_reference_configs():
+    paper = preset_config("paper")
+    assert (paper.model.emsize, paper.model.nlayers, paper.model.nhead, paper.model.nhid) == (512, 6, 4, 1024)
+    assert (paper.data.num_points, paper.data.batch_size, paper.model.num_buckets) == (1000, 32, 1000)
+    assert paper.data.min_features == paper.model.max_features == 5  # always 5 features
+    small = preset_config("small")
+    assert (small.model.emsize, small.model.nhid, small.data.num_points, small.data.batch_size) == (256, 512, 200, 128)
+    assert small.data.min_features == small.model.max_features == 1
+    assert GP_PRIOR == yaml.safe_load((ROOT / "configs" / "gp.yaml").read_text())["prior"]
+    with pytest.raises(ValueError, match="preset must be one of paper, small"):
+        run_throughput(["huge"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_model_step_uses_fused_attention_and_does_not_sync(tmp_path):
+    run_throughput(["small"], out=tmp_path / "t.json", quick=True, warmup_s=0.5, seconds=0.5)
+    preset = json.loads((tmp_path / "t.json").read_text())["presets"]["small"]
+    assert preset["end_to_end"]["precision"] == "bf16-mixed"
+    assert {"flash", "efficient", "cudnn"} & set(preset["model_step"]["sdpa"]["backends"])
+    assert preset["model_step"]["sync_probe"]["syncs"] == 0
