@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--out", help="train: JSON file to write")
     bench.add_argument("--quick", action="store_true", help="train: tiny sizes and windows (a CPU smoke test)")
     bench.add_argument("--compile", action="store_true", help="train: torch.compile the backbone")
-    bench.add_argument("--warmup", type=float, help="train: warm-up seconds (default 3)")
-    bench.add_argument("--seconds", type=float, help="train: measurement window in seconds (default 6)")
+    bench.add_argument("--warmup", type=float, help="train: warm-up seconds (default 2.5)")
+    bench.add_argument("--seconds", type=float, help="train: measurement window in seconds (default 5)")
     bench.set_defaults(run=_bench)
 
     example = commands.add_parser("example", help="predict a dataset from the model's prior, next to the exact GP")

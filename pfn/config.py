@@ -39,6 +39,7 @@ class DataConfig:
     min_context: int = 0  # context points per batch drawn uniformly in [min_context, max_context]
     max_context: int | None = None  # default: num_points - 1
     border_datasets: int = 2000  # prior datasets drawn to place the bucket borders
+    prefetch: bool = False  # CUDA: draw the next batch on a side stream while the current step runs
 
 
 @dataclass

@@ -71,8 +71,21 @@ class PriorStream(IterableDataset):
         step = trainer.global_step if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        prior, config = self.datamodule.prior, self.datamodule.config
+        if not (config.data.prefetch and device.type == "cuda"):
+            while True:
+                yield draw_training_batch(prior, config, step, rank, device)
+                step += 1
+        # Lightning asks for batch s + 1 before it runs step s, so a batch drawn on a side stream
+        # is drawn while the previous step runs on the main stream. The same generators draw the
+        # same numbers on any stream; the main stream waits for the batch in
+        # `PriorDataModule.on_after_batch_transfer`, just before the step that uses it.
+        side = torch.cuda.Stream(device)
         while True:
-            yield draw_training_batch(self.datamodule.prior, self.datamodule.config, step, rank, device)
+            with torch.cuda.stream(side):
+                batch = draw_training_batch(prior, config, step, rank, device)
+                batch["ready"] = side.record_event()
+            yield batch
             step += 1
 
 
@@ -85,6 +98,15 @@ class PriorDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Batches are drawn on the training device in this process: no workers, no collation.
         return DataLoader(PriorStream(self), batch_size=None, num_workers=0)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        ready = batch.pop("ready", None)
+        if ready is not None:  # drawn on a side stream (data.prefetch)
+            stream = torch.cuda.current_stream(batch["x"].device)
+            stream.wait_event(ready)
+            for tensor in (batch["x"], batch["y"]):
+                tensor.record_stream(stream)  # its memory is not reused until this stream is done with it
+        return batch
 
 
 class PFNModule(L.LightningModule):

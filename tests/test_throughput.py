@@ -34,6 +34,7 @@ def test_quick_benchmark_writes_json(tmp_path, one_thread):
         assert entry["datasets_per_s"] == pytest.approx(entry["steps"] / entry["seconds"] * batch_size)
         assert entry["tokens_per_s"] == pytest.approx(entry["datasets_per_s"] * num_points)
     assert preset["end_to_end"]["precision"] == "32-true"  # what "auto" picks on a CPU
+    assert "CUDA only" in preset["end_to_end_prefetch"]["skipped"]
     assert preset["model_step"]["sdpa"]["backends"]  # the profiler saw an attention op
     assert preset["cholesky"]["f_jitter_float64_failures"] == 0
     share = preset["summary"]["sampling_share"]
@@ -74,3 +75,4 @@ def test_gpu_model_step_uses_fused_attention_and_does_not_sync(tmp_path):
     assert preset["end_to_end"]["precision"] == "bf16-mixed"
     assert {"flash", "efficient", "cudnn"} & set(preset["model_step"]["sdpa"]["backends"])
     assert preset["model_step"]["sync_probe"]["syncs"] == 0
+    assert preset["end_to_end_prefetch"]["datasets_per_s"] > 0
