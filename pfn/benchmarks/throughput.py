@@ -162,6 +162,14 @@ def build_module(config: Config, prior: Prior, device: torch.device) -> PFNModul
     return module
 
 
+def attempt(function: Callable[[], Any]) -> Any:
+    """A diagnostic's result, or its error: a diagnostic that fails must not lose the timing beside it."""
+    try:
+        return function()
+    except Exception as error:  # noqa: BLE001
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 class SyncProbe:
     """Counts host-device synchronisations (CUDA only) while active, by where they were called."""
 
@@ -176,12 +184,12 @@ class SyncProbe:
         self._catcher = warnings.catch_warnings(record=True)
         self.records = self._catcher.__enter__()
         warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+        attempt(lambda: torch.cuda.set_sync_debug_mode("warn"))
 
     def stop(self, steps: int) -> dict[str, Any] | None:
         if not self.enabled or self._catcher is None:
             return None
-        torch.cuda.set_sync_debug_mode("default")
+        attempt(lambda: torch.cuda.set_sync_debug_mode("default"))
         self._catcher.__exit__(None, None, None)
         self._catcher = None
         syncs = [r for r in self.records if "synchronizing" in str(r.message)]
@@ -234,6 +242,17 @@ def sdpa_backends(step: Callable[[], None], device: torch.device) -> dict[str, A
     return {"backends": sorted(ops), "ops": sorted(ops.values()), "kernels": kernels[:8]}
 
 
+def probe_syncs(step: Callable[[], None], device: torch.device, steps: int) -> dict[str, Any] | None:
+    probe = SyncProbe(device)
+    probe.start()
+    try:
+        for _ in range(steps):
+            step()
+    finally:
+        result = probe.stop(steps=steps)
+    return result
+
+
 def measure_model_step(config: Config, device: torch.device, warmup_s: float, seconds: float) -> dict[str, Any]:
     prior = build_prior(config.prior)
     module = build_module(config, prior, device).to(device)
@@ -243,12 +262,8 @@ def measure_model_step(config: Config, device: torch.device, warmup_s: float, se
     batches = [draw_training_batch(prior, config, step, 0, device) for step in range(8)]
     step = model_step_function(module, batches, config, device)
     result = rates(**timed_loop(step, device, warmup_s, seconds), config=config)
-    probe = SyncProbe(device)
-    probe.start()
-    for _ in range(3):
-        step()
-    result["sync_probe"] = probe.stop(steps=3)
-    result["sdpa"] = sdpa_backends(step, device)
+    result["sync_probe"] = attempt(lambda: probe_syncs(step, device, steps=3))
+    result["sdpa"] = attempt(lambda: sdpa_backends(step, device))
     result["context_sizes"] = [batch["num_context"] for batch in batches]
     return result
 
@@ -360,18 +375,22 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
-        properties = torch.cuda.get_device_properties(device)
-        info.update(
-            gpu=properties.name,
-            gpu_memory_gib=round(properties.total_memory / 2**30, 1),
-            compute_capability=f"{properties.major}.{properties.minor}",
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-            flash_sdp_enabled=torch.backends.cuda.flash_sdp_enabled(),
-            mem_efficient_sdp_enabled=torch.backends.cuda.mem_efficient_sdp_enabled(),
-            cudnn_sdp_enabled=torch.backends.cuda.cudnn_sdp_enabled(),
-        )
+        info.update(attempt(lambda: gpu_info(device)))
     return info
+
+
+def gpu_info(device: torch.device) -> dict[str, Any]:
+    properties = torch.cuda.get_device_properties(device)
+    return dict(
+        gpu=properties.name,
+        gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+        compute_capability=f"{properties.major}.{properties.minor}",
+        cuda=torch.version.cuda,
+        cudnn=torch.backends.cudnn.version(),
+        flash_sdp_enabled=torch.backends.cuda.flash_sdp_enabled(),
+        mem_efficient_sdp_enabled=torch.backends.cuda.mem_efficient_sdp_enabled(),
+        cudnn_sdp_enabled=torch.backends.cuda.cudnn_sdp_enabled(),
+    )
 
 
 def guarded(measure: Callable[[], dict[str, Any]], device: torch.device) -> dict[str, Any]:
