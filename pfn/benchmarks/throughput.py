@@ -468,8 +468,10 @@ def run_throughput(
 
     with tempfile.TemporaryDirectory() as output_dir:
         for name in presets:
-            config = preset_config(name, quick=quick, compile=compile, output_dir=output_dir)
-            prefetched = preset_config(name, quick=quick, compile=compile, prefetch=True, output_dir=output_dir)
+            config = preset_config(name, quick=quick, compile=compile, output_dir=f"{output_dir}/{name}")
+            prefetched = preset_config(
+                name, quick=quick, compile=compile, prefetch=True, output_dir=f"{output_dir}/{name}-prefetch"
+            )
             preset: dict[str, Any] = {
                 "quick": quick,
                 "config": {"model": vars(config.model), "data": vars(config.data)},
