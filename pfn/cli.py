@@ -62,8 +62,17 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
 
         run_from_args(args)
         return
+    if args.prior == "lc":
+        from pfn.baselines.mcmc_pp import MCMCSettings
+        from pfn.benchmarks.lc import run_lc_bench
+
+        walkers, steps, burn_in, thin = (int(v) for v in args.mcmc.split(","))
+        cutoffs = [int(c) for c in args.cutoffs.split(",")]
+        settings = MCMCSettings(walkers, steps, burn_in, thin)
+        run_lc_bench(args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir))
+        return
     if args.prior not in BENCH_DEFAULTS:
-        raise SystemExit(f"unknown benchmark {args.prior!r}; available: {', '.join([*BENCH_DEFAULTS, 'train'])}")
+        raise SystemExit(f"unknown benchmark {args.prior!r}; available: {', '.join([*BENCH_DEFAULTS, 'lc', 'train'])}")
     model, contexts, features, datasets, queries = BENCH_DEFAULTS[args.prior]
     common = {
         "contexts": [int(c) for c in (args.context or contexts).split(",")],
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench", help="compare a PFN with the exact Bayesian answer on prior data")
-    bench.add_argument("prior", help="benchmark name: " + ", ".join([*BENCH_DEFAULTS, "train"]))
+    bench.add_argument("prior", help="benchmark name: " + ", ".join([*BENCH_DEFAULTS, "lc", "train"]))
     bench.add_argument("--model", help="shipped model name or .pfn path (default: the benchmark's name)")
     bench.add_argument("--context", help="context sizes, e.g. 10,50,100")
     bench.add_argument("--features", help="numbers of input features, e.g. 1,2,3")
@@ -128,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--baselines", default="qda,gpc", help="gmm: classical baselines to run (qda, gpc)")
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")
+    # `pfn bench lc`: learning-curve extrapolation against MCMC-PP (pfn/benchmarks/lc.py)
+    bench.add_argument("--curves", type=int, default=200, help="lc: held-out curves")
+    bench.add_argument("--cutoffs", default="10,20,40", help="lc: observed epochs before extrapolating")
+    bench.add_argument("--mcmc", default="100,2500,500,10", help="lc: MCMC-PP walkers,steps,burn_in,thin")
     # `pfn bench train`: training throughput (pfn/benchmarks/throughput.py)
     bench.add_argument("--preset", default="all", help="train: paper, small or all")
     bench.add_argument("--out", help="train: JSON file to write")

@@ -216,6 +216,12 @@ class PFN:
             distribution = distribution.affine(normalizer.y_loc.to(device), normalizer.y_scale.to(device))
         return distribution if batched else distribution[0]
 
+    def extrapolate(self, y_observed, horizon=None, epochs=None, lower=0.0, upper=1.0, minimize=False):
+        """Learning-curve models only: forecast curves observed at epochs 1..n (see `pfn.curves.extrapolate`)."""
+        from pfn.curves import extrapolate
+
+        return extrapolate(self, y_observed, horizon, epochs, lower=lower, upper=upper, minimize=minimize)
+
     def predict_table(self, x_context, y_context, x_query, quantiles=(0.05, 0.5, 0.95)) -> dict[str, np.ndarray]:
         """Named numpy columns per query point: mean, standard deviation and quantiles for a
         regression model; the most probable label and each label's probability for a classifier."""

@@ -21,6 +21,7 @@ so the MCMC-PP baseline (pfn/baselines/mcmc_pp.py) samples the very same generat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,38 +51,40 @@ def janoschek(
     return a - (a - beta) * torch.exp(-k * t**delta)
 
 
+# Parameter priors. Their fields may also be tuples (one value per column), which lets
+# `CurveModel.log_prior` score all columns of one kind in a single vectorised call.
+
+
 @dataclass(frozen=True)
 class Uniform:
-    low: float
-    high: float
+    low: float | tuple[float, ...]
+    high: float | tuple[float, ...]
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
         unit = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
         return self.low + (self.high - self.low) * unit
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        inside = (value >= self.low) & (value <= self.high)
-        return torch.where(inside, -math.log(self.high - self.low), -math.inf)
+        low, high = (torch.as_tensor(bound, dtype=value.dtype, device=value.device) for bound in (self.low, self.high))
+        inside = (value >= low) & (value <= high)
+        return torch.where(inside, -torch.log(high - low), -math.inf)
 
 
 @dataclass(frozen=True)
 class LogNormal:
     """log(value) ~ N(loc, scale^2)."""
 
-    loc: float
-    scale: float
+    loc: float | tuple[float, ...]
+    scale: float | tuple[float, ...]
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
         normal = torch.randn(n, generator=generator, device=device, dtype=torch.float64)
         return torch.exp(self.loc + self.scale * normal)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        loc, scale = (torch.as_tensor(v, dtype=value.dtype, device=value.device) for v in (self.loc, self.scale))
         log_value = torch.log(value.clamp_min(1e-300))
-        density = (
-            -0.5 * ((log_value - self.loc) / self.scale) ** 2
-            - math.log(self.scale * math.sqrt(2 * math.pi))
-            - log_value
-        )
+        density = -0.5 * ((log_value - loc) / scale) ** 2 - torch.log(scale * math.sqrt(2 * math.pi)) - log_value
         return torch.where(value > 0, density, -math.inf)
 
 
@@ -125,6 +128,13 @@ class CurveModel:
             f"{name}.{parameter}" for name in families for parameter in ("weight", *FAMILIES[name].parameters)
         ]
         self.priors = [prior for name in families for prior in (WEIGHT_PRIOR, *FAMILIES[name].parameters.values())]
+        # The columns of each kind of prior, stacked for `log_prior` (an MCMC calls it thousands of times).
+        self._stacked: list[tuple[list[int], Uniform | LogNormal]] = []
+        for kind in (Uniform, LogNormal):
+            columns = [i for i, prior in enumerate(self.priors) if isinstance(prior, kind)]
+            if columns:
+                fields = zip(*(dataclasses.astuple(self.priors[i]) for i in columns), strict=True)
+                self._stacked.append((columns, kind(*fields)))
 
     @property
     def num_parameters(self) -> int:
@@ -136,7 +146,7 @@ class CurveModel:
 
     def log_prior(self, theta: torch.Tensor) -> torch.Tensor:
         """[n] log density of the parameter priors (without the constraints); -inf outside their support."""
-        return sum(prior.log_prob(theta[..., i]) for i, prior in enumerate(self.priors))
+        return sum(prior.log_prob(theta[..., columns]).sum(-1) for columns, prior in self._stacked)
 
     def curves(self, theta: torch.Tensor, epochs: torch.Tensor) -> torch.Tensor:
         """Noiseless curves [n, len(epochs)] at the given epochs (>= 1)."""
