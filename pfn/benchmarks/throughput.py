@@ -409,7 +409,7 @@ def guarded(measure: Callable[[], dict[str, Any]], device: torch.device) -> dict
     return result
 
 
-def summarise(name: str, preset: dict[str, Any]) -> dict[str, Any]:
+def summarise(name: str, preset: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     """Shares of an end-to-end step, and the figures next to the reference and targets.
 
     `sampling_share`: time to draw a batch / end-to-end step time (the share if nothing overlaps);
@@ -425,7 +425,7 @@ def summarise(name: str, preset: dict[str, Any]) -> dict[str, Any]:
             summary[f"sampling_share{suffix}"] = prior["ms_per_step"] / end_to_end["ms_per_step"]
         if "ms_per_step" in end_to_end and "ms_per_step" in model:
             summary[f"overhead_share{suffix}"] = 1 - model["ms_per_step"] / end_to_end["ms_per_step"]
-    if name in REFERENCE and not preset["quick"]:
+    if name in REFERENCE and not preset["quick"] and on_gpu:  # the reference figures are from an H100
         for key in ("end_to_end", "end_to_end_prefetch", "model_step"):
             if "datasets_per_s" in preset.get(key, {}):
                 measured = preset[key]["datasets_per_s"]
@@ -489,7 +489,7 @@ def run_throughput(
                 print(f"[{name}] {key} ...", flush=True)
                 preset[key] = guarded(measure, device)
                 save()
-            preset["summary"] = summarise(name, preset)
+            preset["summary"] = summarise(name, preset, on_gpu=device.type == "cuda")
             save()
     print(table(result))
     if out is not None:
