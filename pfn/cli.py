@@ -1,4 +1,4 @@
-"""The `pfn` command line: train, export, predict, bench, example."""
+"""The `pfn` command line: train, export, predict, bench, example, models."""
 
 from __future__ import annotations
 
@@ -93,6 +93,19 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         run_gmm_bench(args.model or model, baselines=baselines, **common)
 
 
+def _models(args: argparse.Namespace, overrides: list[str]) -> None:
+    from pfn.zoo import list_models, model_card
+
+    if args.write_config and not args.name:
+        raise ValueError("--write-config needs a model name, e.g. pfn models gp --write-config gp.yaml")
+    cards = [model_card(args.name)] if args.name else list_models()
+    if not cards:
+        print("no shipped models found")
+    print("\n\n".join(str(card) for card in cards))
+    if args.write_config:
+        print(f"training config written to {cards[0].write_config(args.write_config)}")
+
+
 def _example(args: argparse.Namespace, overrides: list[str]) -> None:
     from pfn.example import run_example
 
@@ -155,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     example.add_argument("--context", type=int, default=8)
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(run=_example)
+
+    models = commands.add_parser("models", help="list the shipped models with their model cards")
+    models.add_argument("name", nargs="?", help="one model: a shipped name or a .pfn path")
+    models.add_argument("--write-config", help="write the model's stored training config to this YAML file")
+    models.set_defaults(run=_models)
 
     args, overrides = parser.parse_known_args(argv)
     if overrides and args.command != "train":
