@@ -10,6 +10,7 @@ generative model, Domhan et al.'s budget) and an oracle that knows the true curv
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from pfn.training import seeded_generators
 from priors import LearningCurvePrior, build_prior
 
 METHODS = ("pfn", "mcmc", "oracle")
+EXAMPLE_CURVES = 2  # curves per cutoff drawn in the figure
+EXAMPLE_LEVELS = (0.05, 0.5, 0.95)
 
 
 def held_out_curves(model: PFN, num_curves: int, seed: int):
@@ -42,10 +45,11 @@ def lc_bench_rows(
     num_curves: int,
     seed: int,
     settings: MCMCSettings = MCMCSettings(),  # noqa: B008
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One row of scores per cutoff, and the predictive bands of a few example curves (for the figure)."""
     prior, curves = held_out_curves(model, num_curves, seed)
     length = len(curves.epochs)
-    rows = []
+    rows, examples = [], []
     for cutoff in cutoffs:
         if not 1 <= cutoff < length:
             raise ValueError(f"cutoffs must be in 1..{length - 1} (the model's curves have {length} epochs)")
@@ -74,6 +78,13 @@ def lc_bench_rows(
             mcmc_seconds += elapsed + predictive_time
             mcmc_ll.append(mixture.log_prob(held_out[i]).mean())
             mcmc_se.append(((mixture_quantile(mixture, 0.5) - held_out[i]) ** 2).mean())
+            if i < EXAMPLE_CURVES:
+                levels = torch.tensor(EXAMPLE_LEVELS)[:, None].expand(-1, len(future))
+                bands = {
+                    "pfn": predictive[i].icdf(levels).double(),
+                    "mcmc": torch.stack([mixture_quantile(mixture, level) for level in EXAMPLE_LEVELS]),
+                }
+                examples.append({"cutoff": cutoff, "curve": i, **{k: v.tolist() for k, v in bands.items()}})
         seconds["mcmc"] = mcmc_seconds / num_curves
         log_likelihood["mcmc"], squared_error["mcmc"] = torch.stack(mcmc_ll), torch.stack(mcmc_se)
 
@@ -100,7 +111,39 @@ def lc_bench_rows(
             f"s/curve PFN {seconds['pfn']:.4f} (batched {seconds['pfn_batched']:.5f}) MCMC {seconds['mcmc']:.1f}",
             flush=True,
         )
-    return rows
+    return rows, examples
+
+
+def plot_examples(curves, examples: list[dict[str, Any]], path: Path) -> None:
+    """Example forecasts: one panel per (cutoff, curve), PFN and MCMC-PP 90% bands and medians."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cutoffs = sorted({e["cutoff"] for e in examples})
+    figure, axes = plt.subplots(
+        len(cutoffs), EXAMPLE_CURVES, figsize=(5 * EXAMPLE_CURVES, 3 * len(cutoffs)), squeeze=False
+    )
+    epochs = curves.epochs.numpy()
+    for example in examples:
+        ax = axes[cutoffs.index(example["cutoff"]), example["curve"]]
+        i, cutoff = example["curve"], example["cutoff"]
+        ax.plot(epochs, curves.y[i].numpy(), ".", color="0.7", ms=3, label="held-out noisy values")
+        ax.plot(epochs[:cutoff], curves.y[i, :cutoff].numpy(), ".", color="k", ms=4, label="observed")
+        ax.plot(epochs, curves.curves[i].numpy(), "-", color="k", lw=0.8, label="true curve")
+        for method, color, label in (("pfn", "C0", "PFN"), ("mcmc", "C1", "MCMC-PP")):
+            low, median, high = example[method]
+            ax.fill_between(epochs[cutoff:], low, high, color=color, alpha=0.2, lw=0)
+            ax.plot(epochs[cutoff:], median, "-", color=color, label=f"{label} median, 90% band")
+        ax.axvline(cutoff + 0.5, color="0.5", lw=0.5)
+        ax.set_title(f"curve {i}, {cutoff} epochs observed", fontsize=9)
+    axes[0, 0].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -131,12 +174,16 @@ def run_lc_bench(
     seed: int = 12345,
     settings: MCMCSettings = MCMCSettings(),  # noqa: B008
     out_dir: Path | None = Path("benchmarks/results"),
+    threads: int = 1,
 ) -> dict[str, Any]:
+    # Both methods get one core: MCMC-PP is sequential, and a PFN forward pass on one curve gains
+    # nothing from more threads on a small CPU (they only thrash when the machine is busy).
+    torch.set_num_threads(threads)
     model = load(model_name_or_path)
     if seed == model.config.seed:
         raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
     print(f"pfn bench lc: model {model_name_or_path} ({model}), {num_curves} curves, cutoffs {cutoffs}, seed {seed}")
-    rows = lc_bench_rows(model, cutoffs, num_curves, seed, settings)
+    rows, examples = lc_bench_rows(model, cutoffs, num_curves, seed, settings)
     result = assemble_result(
         "lc", model_name_or_path, model, rows, curves=num_curves, cutoffs=cutoffs, seed=seed, mcmc=asdict(settings)
     )
@@ -149,5 +196,13 @@ def run_lc_bench(
         f"Times on {result['machine']['device']} with {result['machine']['torch_threads']} torch threads; "
         "speed-up = MCMC-PP time per curve / batched PFN time per curve."
     )
+    result["examples"] = examples
     write_results("lc", result, markdown_table(rows), description, out_dir)
+    if out_dir is not None:
+        try:
+            figure = out_dir / f"lc-{datetime.date.today().isoformat()}.png"
+            plot_examples(held_out_curves(model, num_curves, seed)[1], examples, figure)
+            print(f"example forecasts drawn in {figure}")
+        except ImportError:
+            print("matplotlib is not installed: no figure (pip install -e '.[bench]')")
     return result
