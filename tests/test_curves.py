@@ -8,6 +8,7 @@ import torch
 
 import pfn
 from pfn.baselines.mcmc_pp import LearningCurvePosterior, MCMCSettings, mixture_quantile
+from pfn.cli import main
 from pfn.curves import CurveScale
 from pfn.training import train
 from priors import LearningCurvePrior
@@ -161,17 +162,17 @@ def test_posterior_rejects_curves_that_break_the_constraints():
 
 def test_bench_lc_writes_results(lc_model, tmp_path):
     pytest.importorskip("emcee")
-    from pfn.benchmarks.lc import run_lc_bench
-
     threads = torch.get_num_threads()
-    result = run_lc_bench(
-        str(lc_model.path), [5, 15], num_curves=2, settings=MCMCSettings(28, 40, 20, 2), out_dir=tmp_path
+    main(
+        ["bench", "lc", "--model", str(lc_model.path), "--curves", "2", "--cutoffs", "5,15"]
+        + ["--mcmc", "28,40,20,2", "--out_dir", str(tmp_path)]
     )
     torch.set_num_threads(threads)  # the bench times on one thread
-    assert [row["context"] for row in result["rows"]] == [5, 15]
+    result = json.loads(next(tmp_path.glob("lc-*.json")).read_text())
+    assert [row["context"] for row in result["rows"]] == [5, 15] and result["mcmc"]["walkers"] == 28
     row = result["rows"][0]
     for method in ("pfn", "mcmc", "oracle"):
         assert np.isfinite(row[f"{method}_loglik"]) and row[f"{method}_mse"] >= 0
     assert row["difference"] == pytest.approx(row["pfn_loglik"] - row["mcmc_loglik"])
-    written = json.loads(next(tmp_path.glob("lc-*.json")).read_text())
-    assert written["mcmc"]["walkers"] == 28 and "speed-up" in next(tmp_path.glob("lc-*.md")).read_text()
+    assert len(result["examples"]) == 4 and len(result["examples"][0]["pfn"][0]) == LENGTH - 5
+    assert "speed-up" in next(tmp_path.glob("lc-*.md")).read_text()
