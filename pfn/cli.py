@@ -69,7 +69,9 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         walkers, steps, burn_in, thin = (int(v) for v in args.mcmc.split(","))
         cutoffs = [int(c) for c in args.cutoffs.split(",")]
         settings = MCMCSettings(walkers, steps, burn_in, thin)
-        run_lc_bench(args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir))
+        run_lc_bench(
+            args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir), device=args.lc_device
+        )
         return
     if args.prior not in BENCH_DEFAULTS:
         raise SystemExit(f"unknown benchmark {args.prior!r}; available: {', '.join([*BENCH_DEFAULTS, 'lc', 'train'])}")
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--curves", type=int, default=200, help="lc: held-out curves")
     bench.add_argument("--cutoffs", default="10,20,40", help="lc: observed epochs before extrapolating")
     bench.add_argument("--mcmc", default="100,2500,500,10", help="lc: MCMC-PP walkers,steps,burn_in,thin")
+    bench.add_argument("--lc_device", default="cpu", help="lc: device of the PFN (MCMC-PP runs on the CPU)")
     # `pfn bench train`: training throughput (pfn/benchmarks/throughput.py)
     bench.add_argument("--preset", default="all", help="train: paper, small or all")
     bench.add_argument("--out", help="train: JSON file to write")

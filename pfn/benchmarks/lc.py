@@ -22,6 +22,7 @@ from torch.distributions import Normal
 from pfn.baselines.mcmc_pp import MCMCSettings, mixture_quantile, sample_posterior
 from pfn.benchmarks.common import BENCH_STREAM, assemble_result, standard_error, timed, write_results
 from pfn.curves import predict_in_prior_units, trained_length
+from pfn.distributions import RiemannDistribution
 from pfn.predictor import PFN, load
 from pfn.training import seeded_generators
 from priors import LearningCurvePrior, build_prior
@@ -29,6 +30,14 @@ from priors import LearningCurvePrior, build_prior
 METHODS = ("pfn", "mcmc", "oracle")
 EXAMPLE_CURVES = 2  # curves per cutoff drawn in the figure
 EXAMPLE_LEVELS = (0.05, 0.5, 0.95)
+
+
+def pfn_forecast(model: PFN, observed: torch.Tensor, epochs: torch.Tensor):
+    """The PFN's predictive for curves in the prior's units, finished (synchronised) on a GPU so it can be timed."""
+    distribution = predict_in_prior_units(model, observed, epochs)
+    if distribution.logits.is_cuda:
+        torch.cuda.synchronize()
+    return distribution
 
 
 def held_out_curves(model: PFN, num_curves: int, seed: int):
@@ -61,11 +70,12 @@ def lc_bench_rows(
         # Prior samples are in the prior's units already and their noise may leave [0, 1], so the PFN
         # is called below `extrapolate`'s bounds check (as `pfn bench gp` calls predict(normalize=False)).
         future = curves.epochs[cutoff:]
-        predict_in_prior_units(model, observed[:1], future)  # warm-up: the first call pays one-off costs
-        predictive, batched_time = timed(predict_in_prior_units, model, observed, future)
+        pfn_forecast(model, observed[:1], future)  # warm-up: the first call pays one-off costs
+        predictive, batched_time = timed(pfn_forecast, model, observed, future)
         seconds["pfn_batched"] = batched_time / num_curves
-        alone = [timed(predict_in_prior_units, model, curve[None], future)[1] for curve in observed]
+        alone = [timed(pfn_forecast, model, curve[None], future)[1] for curve in observed]
         seconds["pfn"] = sum(alone) / num_curves
+        predictive = RiemannDistribution(predictive.logits.cpu(), predictive.borders.cpu())
         log_likelihood["pfn"] = predictive.log_prob(held_out).double().mean(-1)
         squared_error["pfn"] = ((predictive.median.double() - held_out) ** 2).mean(-1)
 
@@ -175,11 +185,12 @@ def run_lc_bench(
     settings: MCMCSettings = MCMCSettings(),  # noqa: B008
     out_dir: Path | None = Path("benchmarks/results"),
     threads: int = 1,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     # Both methods get one core: MCMC-PP is sequential, and a PFN forward pass on one curve gains
     # nothing from more threads on a small CPU (they only thrash when the machine is busy).
     torch.set_num_threads(threads)
-    model = load(model_name_or_path)
+    model = load(model_name_or_path, device)
     if seed == model.config.seed:
         raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
     print(f"pfn bench lc: model {model_name_or_path} ({model}), {num_curves} curves, cutoffs {cutoffs}, seed {seed}")
