@@ -69,12 +69,20 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         walkers, steps, burn_in, thin = (int(v) for v in args.mcmc.split(","))
         cutoffs = [int(c) for c in args.cutoffs.split(",")]
         settings = MCMCSettings(walkers, steps, burn_in, thin)
+        cache = Path(args.mcmc_cache) if args.mcmc_cache else None
         run_lc_bench(
-            args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir), device=args.lc_device
+            args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir), 1, args.lc_device, cache
         )
         return
+    if args.prior == "tabular":
+        from pfn.benchmarks.tabular import run_tabular_bench
+
+        regressor, _, classifier = (args.model or "regressor,classifier").partition(",")
+        run_tabular_bench(regressor, classifier or "classifier", seed=args.seed, out_dir=Path(args.out_dir))
+        return
     if args.prior not in BENCH_DEFAULTS:
-        raise SystemExit(f"unknown benchmark {args.prior!r}; available: {', '.join([*BENCH_DEFAULTS, 'lc', 'train'])}")
+        available = ", ".join([*BENCH_DEFAULTS, "lc", "tabular", "train"])
+        raise SystemExit(f"unknown benchmark {args.prior!r}; available: {available}")
     model, contexts, features, datasets, queries = BENCH_DEFAULTS[args.prior]
     common = {
         "contexts": [int(c) for c in (args.context or contexts).split(",")],
@@ -143,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench", help="compare a PFN with the exact Bayesian answer on prior data")
-    bench.add_argument("prior", help="benchmark name: " + ", ".join([*BENCH_DEFAULTS, "lc", "train"]))
-    bench.add_argument("--model", help="shipped model name or .pfn path (default: the benchmark's name)")
+    bench.add_argument("prior", help="benchmark name: " + ", ".join([*BENCH_DEFAULTS, "lc", "tabular", "train"]))
+    bench.add_argument(
+        "--model", help="shipped model name or .pfn path (default: the benchmark's name; tabular: REGRESSOR,CLASSIFIER)"
+    )
     bench.add_argument("--context", help="context sizes, e.g. 10,50,100")
     bench.add_argument("--features", help="numbers of input features, e.g. 1,2,3")
     bench.add_argument("--datasets", type=int, help="datasets per context size and feature count")
@@ -157,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--cutoffs", default="10,20,40", help="lc: observed epochs before extrapolating")
     bench.add_argument("--mcmc", default="100,2500,500,10", help="lc: MCMC-PP walkers,steps,burn_in,thin")
     bench.add_argument("--lc_device", default="cpu", help="lc: device of the PFN (MCMC-PP runs on the CPU)")
+    bench.add_argument("--mcmc_cache", help="lc: JSON file of MCMC-PP results to reuse and extend")
     # `pfn bench train`: training throughput (pfn/benchmarks/throughput.py)
     bench.add_argument("--preset", default="all", help="train: paper, small or all")
     bench.add_argument("--out", help="train: JSON file to write")

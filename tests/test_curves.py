@@ -160,19 +160,27 @@ def test_posterior_rejects_curves_that_break_the_constraints():
     assert np.isfinite(log_density[0]) and np.isneginf(log_density[1:]).all()
 
 
-def test_bench_lc_writes_results(lc_model, tmp_path):
+def test_bench_lc_writes_results_and_reuses_mcmc_runs(lc_model, tmp_path):
     pytest.importorskip("emcee")
     threads = torch.get_num_threads()
-    main(
-        ["bench", "lc", "--model", str(lc_model.path), "--curves", "2", "--cutoffs", "5,15"]
-        + ["--mcmc", "28,40,20,2", "--out_dir", str(tmp_path)]
-    )
-    torch.set_num_threads(threads)  # the bench times on one thread
-    result = json.loads(next(tmp_path.glob("lc-*.json")).read_text())
+    cache = tmp_path / "mcmc.json"
+
+    def bench(curves: int, out_dir):
+        main(["bench", "lc", "--model", str(lc_model.path), "--curves", str(curves), "--cutoffs", "5,15"]
+             + ["--mcmc", "28,40,20,2", "--mcmc_cache", str(cache), "--out_dir", str(out_dir)])  # fmt: skip
+        torch.set_num_threads(threads)  # the bench times on one thread
+        return json.loads(next(out_dir.glob("lc-*.json")).read_text())
+
+    result = bench(2, tmp_path / "first")
     assert [row["context"] for row in result["rows"]] == [5, 15] and result["mcmc"]["walkers"] == 28
     row = result["rows"][0]
     for method in ("pfn", "mcmc", "oracle"):
         assert np.isfinite(row[f"{method}_loglik"]) and row[f"{method}_mse"] >= 0
     assert row["difference"] == pytest.approx(row["pfn_loglik"] - row["mcmc_loglik"])
     assert len(result["examples"]) == 4 and len(result["examples"][0]["pfn"][0]) == LENGTH - 5
-    assert "speed-up" in next(tmp_path.glob("lc-*.md")).read_text()
+    assert "speed-up" in next((tmp_path / "first").glob("lc-*.md")).read_text()
+    # A larger run reuses the two cached curves per cutoff (same curves: drawn in fixed chunks) and adds one.
+    first = json.loads(cache.read_text())["entries"]
+    bench(3, tmp_path / "second")
+    second = json.loads(cache.read_text())["entries"]
+    assert len(first) == 4 and len(second) == 6 and all(second[key] == first[key] for key in first)

@@ -11,6 +11,8 @@ generative model, Domhan et al.'s budget) and an oracle that knows the true curv
 from __future__ import annotations
 
 import datetime
+import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,10 @@ from pfn.distributions import RiemannDistribution
 from pfn.predictor import PFN, load
 from pfn.training import seeded_generators
 from priors import LearningCurvePrior, build_prior
+from priors.lc import LearningCurves
 
 METHODS = ("pfn", "mcmc", "oracle")
+CURVES_PER_DRAW = 50
 EXAMPLE_CURVES = 2  # curves per cutoff drawn in the figure
 EXAMPLE_LEVELS = (0.05, 0.5, 0.95)
 
@@ -40,12 +44,64 @@ def pfn_forecast(model: PFN, observed: torch.Tensor, epochs: torch.Tensor):
     return distribution
 
 
-def held_out_curves(model: PFN, num_curves: int, seed: int):
-    prior = build_prior(model.prior_spec)
-    if not isinstance(prior, LearningCurvePrior):
-        raise ValueError(f"`pfn bench lc` needs a learning-curve model (prior 'lc'); this model's prior is {prior}")
-    _, generator = seeded_generators(seed, BENCH_STREAM)
-    return prior, prior.draw(num_curves, trained_length(model), generator)
+def held_out_curves(prior: LearningCurvePrior, length: int, num_curves: int, seed: int) -> LearningCurves:
+    """Curves drawn in fixed chunks of CURVES_PER_DRAW, so curve i is the same whatever num_curves."""
+    chunks = []
+    for chunk in range(math.ceil(num_curves / CURVES_PER_DRAW)):
+        _, generator = seeded_generators(seed, BENCH_STREAM, chunk)
+        chunks.append(prior.draw(CURVES_PER_DRAW, length, generator))
+    fields = ("theta", "noise_std", "curves", "y")
+    joined = {name: torch.cat([getattr(chunk, name) for chunk in chunks])[:num_curves] for name in fields}
+    return LearningCurves(epochs=chunks[0].epochs, **joined)
+
+
+def mcmc_pp_scores(
+    prior: LearningCurvePrior, curves: LearningCurves, i: int, cutoff: int, seed: int, settings: MCMCSettings
+) -> dict[str, Any]:
+    """MCMC-PP on curve i observed up to `cutoff`: its scores, its time and (for example curves) its bands."""
+    observed, held_out, future = curves.y[i, :cutoff], curves.y[i, cutoff:], curves.epochs[cutoff:]
+    mcmc_seed = int(np.random.SeedSequence([seed, cutoff, i]).generate_state(1)[0])
+    # Timed: sampling and building the predictive mixture (as the PFN's forward pass is).
+    posterior, sampling = timed(sample_posterior, prior, observed, len(curves.epochs), mcmc_seed, settings)
+    mixture, building = timed(posterior.predictive, future)
+    scores = {
+        "loglik": mixture.log_prob(held_out).mean().item(),
+        "squared_error": ((mixture_quantile(mixture, 0.5) - held_out) ** 2).mean().item(),
+        "seconds": sampling + building,
+        "observed_sum": observed.sum().item(),  # identifies the curve when read back from a cache
+    }
+    if i < EXAMPLE_CURVES:
+        scores["bands"] = torch.stack([mixture_quantile(mixture, level) for level in EXAMPLE_LEVELS]).tolist()
+    return scores
+
+
+class MCMCCache:
+    """MCMC-PP scores per (cutoff, curve) in a JSON file. They depend on the prior, the held-out
+    curves and the MCMC budget but not on the PFN, so the bench of a new checkpoint of the same
+    prior reuses them instead of spending hours on the same chains again."""
+
+    def __init__(self, path: Path | None, key: dict[str, Any]) -> None:
+        self.path = path
+        self.key = json.loads(json.dumps(key))  # as it reads back from the file
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path is not None and path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == self.key:
+                self.entries = stored["entries"]
+            else:
+                print(f"MCMC cache {path} is for other settings ({stored.get('key')}); starting a new one")
+
+    def get(self, cutoff: int, i: int, observed: torch.Tensor) -> dict[str, Any] | None:
+        entry = self.entries.get(f"{cutoff}/{i}")
+        if entry is not None and math.isclose(entry["observed_sum"], observed.sum().item(), rel_tol=1e-9):
+            return entry
+        return None
+
+    def put(self, cutoff: int, i: int, entry: dict[str, Any]) -> None:
+        self.entries[f"{cutoff}/{i}"] = entry
+        if self.path is not None:  # after every curve, so an interrupted run keeps what it did
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"key": self.key, "entries": self.entries}))
 
 
 def lc_bench_rows(
@@ -54,10 +110,16 @@ def lc_bench_rows(
     num_curves: int,
     seed: int,
     settings: MCMCSettings = MCMCSettings(),  # noqa: B008
+    mcmc_cache: Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One row of scores per cutoff, and the predictive bands of a few example curves (for the figure)."""
-    prior, curves = held_out_curves(model, num_curves, seed)
-    length = len(curves.epochs)
+    prior = build_prior(model.prior_spec)
+    if not isinstance(prior, LearningCurvePrior):
+        raise ValueError(f"`pfn bench lc` needs a learning-curve model (prior 'lc'); this model's prior is {prior}")
+    length = trained_length(model)
+    curves = held_out_curves(prior, length, num_curves, seed)
+    cache_key = {"prior": prior.spec, "length": length, "seed": seed, "chunk": CURVES_PER_DRAW, **asdict(settings)}
+    cache = MCMCCache(mcmc_cache, cache_key)
     rows, examples = [], []
     for cutoff in cutoffs:
         if not 1 <= cutoff < length:
@@ -79,24 +141,20 @@ def lc_bench_rows(
         log_likelihood["pfn"] = predictive.log_prob(held_out).double().mean(-1)
         squared_error["pfn"] = ((predictive.median.double() - held_out) ** 2).mean(-1)
 
-        mcmc_ll, mcmc_se, mcmc_seconds = [], [], 0.0
+        mcmc = []
         for i in range(num_curves):
-            mcmc_seed = int(np.random.SeedSequence([seed, cutoff, i]).generate_state(1)[0])
-            # Timed: sampling and building the predictive mixture (as the PFN's forward pass is).
-            posterior, elapsed = timed(sample_posterior, prior, observed[i], length, mcmc_seed, settings)
-            mixture, predictive_time = timed(posterior.predictive, future)
-            mcmc_seconds += elapsed + predictive_time
-            mcmc_ll.append(mixture.log_prob(held_out[i]).mean())
-            mcmc_se.append(((mixture_quantile(mixture, 0.5) - held_out[i]) ** 2).mean())
+            entry = cache.get(cutoff, i, observed[i])
+            if entry is None:
+                entry = mcmc_pp_scores(prior, curves, i, cutoff, seed, settings)
+                cache.put(cutoff, i, entry)
+            mcmc.append(entry)
             if i < EXAMPLE_CURVES:
                 levels = torch.tensor(EXAMPLE_LEVELS)[:, None].expand(-1, len(future))
-                bands = {
-                    "pfn": predictive[i].icdf(levels).double(),
-                    "mcmc": torch.stack([mixture_quantile(mixture, level) for level in EXAMPLE_LEVELS]),
-                }
-                examples.append({"cutoff": cutoff, "curve": i, **{k: v.tolist() for k, v in bands.items()}})
-        seconds["mcmc"] = mcmc_seconds / num_curves
-        log_likelihood["mcmc"], squared_error["mcmc"] = torch.stack(mcmc_ll), torch.stack(mcmc_se)
+                bands = predictive[i].icdf(levels).double().tolist()
+                examples.append({"cutoff": cutoff, "curve": i, "pfn": bands, "mcmc": entry["bands"]})
+        seconds["mcmc"] = sum(entry["seconds"] for entry in mcmc) / num_curves
+        log_likelihood["mcmc"] = torch.tensor([entry["loglik"] for entry in mcmc], dtype=torch.float64)
+        squared_error["mcmc"] = torch.tensor([entry["squared_error"] for entry in mcmc], dtype=torch.float64)
 
         truth = curves.curves[:, cutoff:]
         log_likelihood["oracle"] = Normal(truth, curves.noise_std[:, None]).log_prob(held_out).mean(-1)
@@ -186,6 +244,7 @@ def run_lc_bench(
     out_dir: Path | None = Path("benchmarks/results"),
     threads: int = 1,
     device: str = "cpu",
+    mcmc_cache: Path | None = None,
 ) -> dict[str, Any]:
     # Both methods get one core: MCMC-PP is sequential, and a PFN forward pass on one curve gains
     # nothing from more threads on a small CPU (they only thrash when the machine is busy).
@@ -194,9 +253,17 @@ def run_lc_bench(
     if seed == model.config.seed:
         raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
     print(f"pfn bench lc: model {model_name_or_path} ({model}), {num_curves} curves, cutoffs {cutoffs}, seed {seed}")
-    rows, examples = lc_bench_rows(model, cutoffs, num_curves, seed, settings)
+    rows, examples = lc_bench_rows(model, cutoffs, num_curves, seed, settings, mcmc_cache)
     result = assemble_result(
-        "lc", model_name_or_path, model, rows, curves=num_curves, cutoffs=cutoffs, seed=seed, mcmc=asdict(settings)
+        "lc",
+        model_name_or_path,
+        model,
+        rows,
+        curves=num_curves,
+        cutoffs=cutoffs,
+        seed=seed,
+        mcmc=asdict(settings),
+        mcmc_cache=str(mcmc_cache) if mcmc_cache else None,
     )
     description = (
         f"Learning-curve extrapolation on {num_curves} held-out curves of the model's own prior (seed {seed}): "
@@ -206,13 +273,15 @@ def run_lc_bench(
         f"steps, {settings.burn_in} burn-in, thinning {settings.thin}. Oracle: the true curve and noise. "
         f"Times on {result['machine']['device']} with {result['machine']['torch_threads']} torch threads; "
         "speed-up = MCMC-PP time per curve / batched PFN time per curve."
+        + (f" MCMC-PP scores and times come from `{mcmc_cache}` where it has them." if mcmc_cache else "")
     )
     result["examples"] = examples
     write_results("lc", result, markdown_table(rows), description, out_dir)
     if out_dir is not None:
         try:
             figure = out_dir / f"lc-{datetime.date.today().isoformat()}.png"
-            plot_examples(held_out_curves(model, num_curves, seed)[1], examples, figure)
+            curves = held_out_curves(build_prior(model.prior_spec), trained_length(model), num_curves, seed)
+            plot_examples(curves, examples, figure)
             print(f"example forecasts drawn in {figure}")
         except ImportError:
             print("matplotlib is not installed: no figure (pip install -e '.[bench]')")
