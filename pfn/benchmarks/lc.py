@@ -101,7 +101,9 @@ class MCMCCache:
         self.entries[f"{cutoff}/{i}"] = entry
         if self.path is not None:  # after every curve, so an interrupted run keeps what it did
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"key": self.key, "entries": self.entries}))
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(json.dumps({"key": self.key, "entries": self.entries}))
+            partial.replace(self.path)  # atomic: a run stopped mid-write leaves the last complete file
 
 
 def lc_bench_rows(
