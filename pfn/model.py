@@ -13,6 +13,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# cuDNN's attention builds a plan per sequence length, and training draws a new context size
+# every step (measured on an H200: ~100 ms of planning per step); the flash and memory-efficient
+# kernels take any length as it comes.
+ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class ContextAttention(nn.Module):
@@ -30,7 +36,8 @@ class ContextAttention(nn.Module):
         # tokens: [batch, tokens, emsize]; the first `num_keys` tokens are the context.
         q = rearrange(self.query(tokens), "b n (h d) -> b h n d", h=self.nhead)
         k, v = rearrange(self.key_value(tokens[:, :num_keys]), "b n (two h d) -> two b h n d", two=2, h=self.nhead)
-        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        with sdpa_kernel(ATTENTION_BACKENDS):
+            attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out(rearrange(attended, "b h n d -> b n (h d)"))
 
 

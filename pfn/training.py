@@ -145,6 +145,17 @@ class PFNModule(L.LightningModule):
         self.log("train/loss", loss)
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Clipped here rather than by the Trainer, whose AMP plugin refuses fused AdamW.
+        if self.config.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.train.grad_clip)
+        # A non-finite gradient (a rare bf16 overflow) would turn every weight into NaN for good;
+        # zeroing it makes that step a no-op without a host-device sync to check for it. (A NaN
+        # norm above has already made every gradient NaN, so the whole step is zeroed.)
+        for parameter in self.parameters():
+            if parameter.grad is not None:
+                parameter.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
     def configure_optimizers(self):
         train = self.config.train
         optimizer = torch.optim.AdamW(
@@ -228,7 +239,6 @@ def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L
         num_nodes=train.num_nodes,
         strategy=train.strategy,
         precision=precision,
-        gradient_clip_val=train.grad_clip,
         logger=logger,
         callbacks=callbacks,
         log_every_n_steps=train.log_every,
