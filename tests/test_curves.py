@@ -1,6 +1,7 @@
 """Learning-curve extrapolation (`PFN.extrapolate`), the MCMC-PP baseline and `pfn bench lc`."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from pfn.curves import CurveScale
 from pfn.training import train
 from priors import LearningCurvePrior
 
-from .conftest import tiny_config
+from .conftest import ROOT, tiny_config
 
 LENGTH = 30  # the tiny model's curve length T
 
@@ -187,3 +188,11 @@ def test_bench_lc_writes_results_and_reuses_mcmc_runs(lc_model, tmp_path):
     bench(3, tmp_path / "second")
     second = json.loads(cache.read_text())["entries"]
     assert len(first) == 4 and len(second) == 6 and all(second[key] == first[key] for key in first)
+
+
+def test_readme_learning_curve_example_prints_what_it_says(capsys):
+    pytest.importorskip("matplotlib").use("Agg")
+    section = (ROOT / "README.md").read_text().split("## Extrapolate learning curves", 1)[1]
+    code, output = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
+    exec(compile(code, "README.md", "exec"), {})  # the shipped `lc` model
+    assert capsys.readouterr().out == output
