@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,14 @@ METHODS = ("pfn", "mcmc", "oracle")
 CURVES_PER_DRAW = 50
 EXAMPLE_CURVES = 2  # curves per cutoff drawn in the figure
 EXAMPLE_LEVELS = (0.05, 0.5, 0.95)
+
+
+def timed_cpu(function, *args) -> tuple[Any, float, float]:
+    """`timed` plus the CPU seconds this process spent. Each method runs on one thread, so on a CPU
+    shared with other work its CPU time measures the work itself; wall time adds the waiting."""
+    start = time.process_time()
+    result, wall = timed(function, *args)
+    return result, wall, time.process_time() - start
 
 
 def pfn_forecast(model: PFN, observed: torch.Tensor, epochs: torch.Tensor):
@@ -62,12 +71,15 @@ def mcmc_pp_scores(
     observed, held_out, future = curves.y[i, :cutoff], curves.y[i, cutoff:], curves.epochs[cutoff:]
     mcmc_seed = int(np.random.SeedSequence([seed, cutoff, i]).generate_state(1)[0])
     # Timed: sampling and building the predictive mixture (as the PFN's forward pass is).
-    posterior, sampling = timed(sample_posterior, prior, observed, len(curves.epochs), mcmc_seed, settings)
-    mixture, building = timed(posterior.predictive, future)
+    posterior, sampling, sampling_cpu = timed_cpu(
+        sample_posterior, prior, observed, len(curves.epochs), mcmc_seed, settings
+    )
+    mixture, building, building_cpu = timed_cpu(posterior.predictive, future)
     scores = {
         "loglik": mixture.log_prob(held_out).mean().item(),
         "squared_error": ((mixture_quantile(mixture, 0.5) - held_out) ** 2).mean().item(),
         "seconds": sampling + building,
+        "cpu_seconds": sampling_cpu + building_cpu,
         "observed_sum": observed.sum().item(),  # identifies the curve when read back from a cache
     }
     if i < EXAMPLE_CURVES:
@@ -129,16 +141,17 @@ def lc_bench_rows(
         observed, held_out = curves.y[:, :cutoff], curves.y[:, cutoff:]
         log_likelihood: dict[str, torch.Tensor] = {}  # method -> [curves], mean over held-out epochs
         squared_error: dict[str, torch.Tensor] = {}
-        seconds: dict[str, float] = {}
+        seconds: dict[str, float] = {}  # wall-clock, per curve
+        cpu_seconds: dict[str, float] = {}
 
         # Prior samples are in the prior's units already and their noise may leave [0, 1], so the PFN
         # is called below `extrapolate`'s bounds check (as `pfn bench gp` calls predict(normalize=False)).
         future = curves.epochs[cutoff:]
         pfn_forecast(model, observed[:1], future)  # warm-up: the first call pays one-off costs
-        predictive, batched_time = timed(pfn_forecast, model, observed, future)
-        seconds["pfn_batched"] = batched_time / num_curves
-        alone = [timed(pfn_forecast, model, curve[None], future)[1] for curve in observed]
-        seconds["pfn"] = sum(alone) / num_curves
+        predictive, wall, cpu = timed_cpu(pfn_forecast, model, observed, future)
+        seconds["pfn_batched"], cpu_seconds["pfn_batched"] = wall / num_curves, cpu / num_curves
+        alone = torch.tensor([timed_cpu(pfn_forecast, model, curve[None], future)[1:] for curve in observed])
+        seconds["pfn"], cpu_seconds["pfn"] = alone.mean(0).tolist()
         predictive = RiemannDistribution(predictive.logits.cpu(), predictive.borders.cpu())
         log_likelihood["pfn"] = predictive.log_prob(held_out).double().mean(-1)
         squared_error["pfn"] = ((predictive.median.double() - held_out) ** 2).mean(-1)
@@ -155,6 +168,8 @@ def lc_bench_rows(
                 bands = predictive[i].icdf(levels).double().tolist()
                 examples.append({"cutoff": cutoff, "curve": i, "pfn": bands, "mcmc": entry["bands"]})
         seconds["mcmc"] = sum(entry["seconds"] for entry in mcmc) / num_curves
+        cpu_timed = [entry["cpu_seconds"] for entry in mcmc if "cpu_seconds" in entry]  # older caches lack it
+        cpu_seconds["mcmc"] = sum(cpu_timed) / len(cpu_timed) if cpu_timed else math.nan
         log_likelihood["mcmc"] = torch.tensor([entry["loglik"] for entry in mcmc], dtype=torch.float64)
         squared_error["mcmc"] = torch.tensor([entry["squared_error"] for entry in mcmc], dtype=torch.float64)
 
@@ -174,11 +189,14 @@ def lc_bench_rows(
         row["difference_se"] = standard_error(difference)
         for name, value in seconds.items():
             row[f"{name}_seconds_per_curve"] = value
+            row[f"{name}_cpu_seconds_per_curve"] = cpu_seconds[name]
+        row["mcmc_cpu_timed_curves"] = len(cpu_timed)
         rows.append(row)
         print(
             f"  cutoff {cutoff:3d}  log-lik PFN {row['pfn_loglik']:+.3f}  MCMC-PP {row['mcmc_loglik']:+.3f}  "
             f"oracle {row['oracle_loglik']:+.3f}  PFN - MCMC {row['difference']:+.3f} ± {row['difference_se']:.3f}  "
-            f"s/curve PFN {seconds['pfn']:.4f} (batched {seconds['pfn_batched']:.5f}) MCMC {seconds['mcmc']:.1f}",
+            f"CPU s/curve PFN {cpu_seconds['pfn']:.4f} (batched {cpu_seconds['pfn_batched']:.5f}) "
+            f"MCMC {cpu_seconds['mcmc']:.1f}",
             flush=True,
         )
     return rows, examples
@@ -216,7 +234,8 @@ def plot_examples(curves, examples: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], pfn_clock: str = "cpu_seconds") -> str:
+    """Times: MCMC-PP's CPU time; the PFN's CPU time too, or its wall time on a GPU (`pfn_clock="seconds"`)."""
     header = (
         "| cutoff | log-lik PFN | MCMC-PP | oracle | PFN - MCMC-PP | MSE PFN | MCMC-PP | oracle "
         "| ms/curve PFN alone | PFN batched | s/curve MCMC-PP | speed-up, batched |"
@@ -228,10 +247,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells += [f"{row['difference']:+.3f} ± {row['difference_se']:.3f}"]
         cells += [f"{row[f'{m}_mse']:.2e} ± {row[f'{m}_mse_se']:.1e}" for m in METHODS]
         cells += [
-            f"{1e3 * row['pfn_seconds_per_curve']:.1f}",
-            f"{1e3 * row['pfn_batched_seconds_per_curve']:.2f}",
-            f"{row['mcmc_seconds_per_curve']:.1f}",
-            f"{row['mcmc_seconds_per_curve'] / row['pfn_batched_seconds_per_curve']:,.0f}x",
+            f"{1e3 * row[f'pfn_{pfn_clock}_per_curve']:.1f}",
+            f"{1e3 * row[f'pfn_batched_{pfn_clock}_per_curve']:.2f}",
+            f"{row['mcmc_cpu_seconds_per_curve']:.1f}",
+            f"{row['mcmc_cpu_seconds_per_curve'] / row[f'pfn_batched_{pfn_clock}_per_curve']:,.0f}x",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -273,12 +292,15 @@ def run_lc_bench(
         f"held-out noisy point (higher is better); MSE: of the predictive median against the held-out noisy "
         f"points; ± one standard error over curves. MCMC-PP: emcee, {settings.walkers} walkers, {settings.steps} "
         f"steps, {settings.burn_in} burn-in, thinning {settings.thin}. Oracle: the true curve and noise. "
-        f"Times on {result['machine']['device']} with {result['machine']['torch_threads']} torch threads; "
-        "speed-up = MCMC-PP time per curve / batched PFN time per curve."
+        f"Times per curve: CPU time of one thread (`time.process_time`, robust to other work on the machine) "
+        f"for MCMC-PP and, on a CPU, for the PFN; wall time for the PFN on a GPU. The PFN ran on "
+        f"{result['machine']['device']} ({result['machine']['torch_threads']} torch thread(s)); wall times are "
+        "in the JSON. Speed-up = MCMC-PP time per curve / batched PFN time per curve."
         + (f" MCMC-PP scores and times come from `{mcmc_cache}` where it has them." if mcmc_cache else "")
     )
     result["examples"] = examples
-    write_results("lc", result, markdown_table(rows), description, out_dir)
+    pfn_clock = "cpu_seconds" if model.device.type == "cpu" else "seconds"
+    write_results("lc", result, markdown_table(rows, pfn_clock), description, out_dir)
     if out_dir is not None:
         try:
             figure = out_dir / f"lc-{datetime.date.today().isoformat()}.png"
