@@ -1,7 +1,8 @@
 """scikit-learn estimators (PFNRegressor, PFNClassifier) and the model zoo (list_models, pfn models).
 
-Most tests use tiny models trained here in seconds (10 features, so scikit-learn's own checks,
-which use up to 10 features, can run); the tests of the shipped defaults on scikit-learn's
+Most tests use tiny models trained here for a few steps (for 10 features, so scikit-learn's own
+checks, which use up to 10 features, can run): these tests are about the estimators' plumbing,
+which does not depend on how well the network predicts. The tests of the shipped defaults on scikit-learn's
 bundled datasets are skipped where those checkpoints are not present.
 """
 
@@ -33,7 +34,7 @@ from priors import build_prior
 
 from .conftest import ROOT
 
-QUIET = ["--train.progress_bar", "false", "--logger", "none"]
+QUIET = ["--train.progress_bar", "false", "--logger", "none", "--train.max_steps", "10"]
 # A tiny model is far too weak for the accuracy thresholds of these two checks (R^2 > 0.5 and
 # accuracy > 0.83 on their toy data); the shipped defaults are what must meet them.
 TINY_MODEL_CHECKS = {
@@ -44,7 +45,7 @@ TINY_MODEL_CHECKS = {
 
 @pytest.fixture(scope="module")
 def tiny_regressor(tmp_path_factory) -> str:
-    """A GP PFN for up to 10 features, trained for 60 steps on contexts of up to 59 points."""
+    """A GP PFN for up to 10 features and contexts of up to 59 points (10 training steps)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     output = tmp_path_factory.mktemp("tiny_regressor")
     overrides = ["--train.output_dir", str(output), "--model.max_features", "10", "--data.num_points", "60", *QUIET]
@@ -53,7 +54,7 @@ def tiny_regressor(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory) -> str:
-    """A min-max scaled GMM PFN for up to 10 features and 4 classes, trained for 80 steps."""
+    """A min-max scaled GMM PFN for up to 10 features and 4 classes (10 training steps)."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     output = tmp_path_factory.mktemp("tiny_classifier")
     prior = "{name: minmax, prior: {name: gmm, min_classes: 2, max_classes: 4}}"
@@ -303,7 +304,7 @@ def test_default_regressor_is_calibrated_on_its_prior():
     batch = prior.sample(64, 130, 4, torch.Generator().manual_seed(2024))
     covered = []
     for x, y in zip(batch.x.numpy(), batch.y.numpy(), strict=True):
-        quantiles = PFNRegressor(model).fit(x[:100], y[:100]).predict_quantiles(x[100:], (0.05, 0.5, 0.95))
+        quantiles = PFNRegressor("regressor").fit(x[:100], y[:100]).predict_quantiles(x[100:], (0.05, 0.5, 0.95))
         assert (np.diff(quantiles, axis=1) >= 0).all()
         covered.append((quantiles[:, 0] <= y[100:]) & (y[100:] <= quantiles[:, 2]))
     coverage = np.mean(covered)
