@@ -53,6 +53,8 @@ BENCH_DEFAULTS = {
     # benchmark: (model, context sizes, feature counts, datasets per cell, queries per dataset)
     "gp": ("gp", "1,2,5,10,20,50,100", "1,2,3,4,5", 100, 10),
     "gmm": ("gmm", "10,20,50,100,200", "2,3,4,5", 50, 20),
+    "bnn": ("bnn", "10,50,100", "1,2", 4, 20),
+    "gp-hyper": ("gp_hyper", "10,50,100", "1,2", 4, 20),
 }
 
 
@@ -92,7 +94,15 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         "seed": args.seed,
         "out_dir": Path(args.out_dir),
     }
-    if args.prior == "gp":
+    if args.prior in ("bnn", "gp-hyper"):
+        from pfn.benchmarks.mcmc import run_mcmc_bench
+
+        budgets = tuple(int(b) for b in args.budgets.split(","))
+        run_mcmc_bench(
+            args.prior, args.model or model, budgets=budgets, num_chains=args.chains,
+            max_tree_depth=args.max_tree_depth, force=args.force, plot=args.plot, **common,
+        )  # fmt: skip
+    elif args.prior == "gp":
         from pfn.benchmarks.gp import run_gp_bench
 
         run_gp_bench(args.model or model, **common)
@@ -162,6 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--baselines", default="qda,gpc", help="gmm: classical baselines to run (qda, gpc)")
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")
+    # `pfn bench bnn|gp-hyper`: NUTS (and type-II ML) on the same datasets (pfn/benchmarks/mcmc.py)
+    bench.add_argument("--budgets", default="32,128,512", help="bnn, gp-hyper: NUTS iterations per chain")
+    bench.add_argument("--chains", type=int, default=2, help="bnn, gp-hyper: NUTS chains")
+    bench.add_argument("--max_tree_depth", type=int, default=8, help="bnn, gp-hyper: NUTS maximum tree depth")
+    bench.add_argument("--force", action="store_true", help="bench a model trained on a prior of another kind")
+    bench.add_argument("--plot", action="store_true", help="bnn, gp-hyper: write a PNG next to the results")
     # `pfn bench lc`: learning-curve extrapolation against MCMC-PP (pfn/benchmarks/lc.py)
     bench.add_argument("--curves", type=int, default=200, help="lc: held-out curves")
     bench.add_argument("--cutoffs", default="10,20,40", help="lc: observed epochs before extrapolating")

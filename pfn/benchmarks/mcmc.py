@@ -1,0 +1,260 @@
+"""`pfn bench bnn` and `pfn bench gp-hyper`: a PFN against NUTS (and type-II ML) on the same datasets.
+
+For each context size and feature count, `num_datasets` held-out datasets are drawn from the
+benchmark's prior (the model's own, when the model was trained on a prior of the benchmark's
+kind). The PFN predicts them all in one batched forward pass and once more one dataset at a
+time; NUTS runs per dataset at every budget, its sampler compiled once per budget and dataset
+shape (the compile time is reported apart); for gp-hyper, type-II maximum likelihood (GPyTorch)
+runs as well. Every method is scored by its mean negative log-likelihood per query point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pfn.benchmarks.common import BENCH_STREAM, assemble_result, load_for_bench, standard_error, timed, write_results
+from pfn.config import load_config
+from pfn.predictor import PFN
+from pfn.training import seeded_generators
+from priors import BNNPrior, GPPrior, Prior, build_prior
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# Benchmark name -> the config whose prior it uses when the model's own prior is of another kind.
+BENCHMARK_CONFIGS = {"bnn": "bnn.yaml", "gp-hyper": "gp_hyper.yaml"}
+# Keeps these datasets apart from the GP and GMM benchmarks' (which use the same BENCH_STREAM).
+STREAM_TAG = {"bnn": 1, "gp-hyper": 2}
+
+
+def fits_benchmark(benchmark: str, prior: Prior) -> bool:
+    if benchmark == "bnn":
+        return isinstance(prior, BNNPrior)
+    return isinstance(prior, GPPrior) and not prior.has_fixed_hyperparameters
+
+
+def benchmark_prior(benchmark: str, model: PFN, force: bool = False) -> Prior:
+    """The model's own prior if it is of the benchmark's kind; else, with `force`, the benchmark's."""
+    own = build_prior(model.prior_spec)
+    if fits_benchmark(benchmark, own):
+        return own
+    default = load_config(CONFIGS / BENCHMARK_CONFIGS[benchmark]).prior
+    if not force:
+        raise ValueError(
+            f"the model was trained on the prior {model.prior_spec}, not on a prior of the {benchmark!r} "
+            f"benchmark (such as {default}); pass --force to benchmark it on the latter anyway"
+        )
+    print(f"--force: benchmarking on the prior of configs/{BENCHMARK_CONFIGS[benchmark]}, not the model's own")
+    return build_prior(default)
+
+
+def make_baselines(prior: Prior, budgets: list[int], num_chains: int, max_tree_depth: int, pad_to: int) -> list[Any]:
+    """One NUTS baseline per budget; every context is padded to `pad_to` points, so each budget
+    compiles once per feature count."""
+    from pfn.baselines.nuts import NUTSBaseline  # NumPyro is an optional extra
+
+    return [NUTSBaseline(prior, b, num_chains, max_tree_depth, pad_to=pad_to) for b in budgets]
+
+
+def _nll_stats(prefix: str, nll: torch.Tensor) -> dict[str, float]:
+    return {f"{prefix}_nll": nll.mean().item(), f"{prefix}_nll_se": standard_error(nll)}
+
+
+def pfn_scores(model: PFN, x_context, y_context, x_query, y_query) -> tuple[dict[str, float], torch.Tensor]:
+    """PFN NLL per dataset, and seconds per dataset batched (all in one pass) and one at a time."""
+    model.predict(x_context[:1], y_context[:1], x_query[:1], normalize=False)  # warm-up
+    dist, batched = timed(model.predict, x_context, y_context, x_query, normalize=False)
+    nll = -dist.log_prob(y_query).double().mean(-1)
+    single = 0.0
+    for i in range(len(x_context)):
+        _, seconds = timed(model.predict, x_context[i], y_context[i], x_query[i], normalize=False)
+        single += seconds
+    n = len(x_context)
+    return {**_nll_stats("pfn", nll), "pfn_seconds_batched": batched / n, "pfn_seconds_single": single / n}, nll
+
+
+def bench_rows(
+    benchmark: str,
+    model: PFN,
+    prior: Prior,
+    contexts: list[int],
+    features: list[int],
+    num_datasets: int,
+    num_queries: int,
+    seed: int,
+    budgets: list[int],
+    num_chains: int = 2,
+    max_tree_depth: int = 8,
+) -> list[dict[str, Any]]:
+    too_many = [f for f in features if f > model.max_features]
+    if too_many:
+        raise ValueError(f"feature counts {too_many} exceed the model's maximum of {model.max_features}")
+    baselines = make_baselines(prior, budgets, num_chains, max_tree_depth, pad_to=max(contexts))
+    progress = tqdm(total=len(contexts) * len(features) * num_datasets * len(baselines), desc="NUTS runs")
+    rows = []
+    for num_context in contexts:
+        for num_features in features:
+            _, generator = seeded_generators(seed, BENCH_STREAM, STREAM_TAG[benchmark], num_context, num_features)
+            batch = prior.sample(num_datasets, num_context + num_queries, num_features, generator)
+            x_context, y_context = batch.x[:, :num_context], batch.y[:, :num_context]
+            x_query, y_query = batch.x[:, num_context:], batch.y[:, num_context:]
+            row, pfn_nll = pfn_scores(model, x_context, y_context, x_query, y_query)
+            row = {"context": num_context, "features": num_features, **row}
+            best_nll = None
+            for baseline in baselines:
+                nll, seconds = [], []
+                for i in range(num_datasets):
+                    log_prob, elapsed = baseline.fit_predict(
+                        x_context[i].numpy(), y_context[i].numpy(), x_query[i].numpy(), y_query[i].numpy(), seed + i
+                    )
+                    nll.append(-float(np.mean(log_prob)))
+                    seconds.append(elapsed)
+                    progress.update()
+                nll = torch.tensor(nll, dtype=torch.float64)
+                row |= _nll_stats(baseline.name, nll) | _times(baseline.name, seconds)
+                best_nll = nll
+            if isinstance(prior, GPPrior):
+                row |= _type2_scores(prior, x_context, y_context, x_query, y_query)
+            # `difference`: PFN minus NUTS at its largest budget, per dataset (the issue's target).
+            difference = pfn_nll - best_nll
+            row |= {"difference": difference.mean().item(), "difference_se": standard_error(difference)}
+            rows.append(row)
+            progress.write(
+                f"  context {num_context:4d}  features {num_features}  PFN {row['pfn_nll']:+.4f}  "
+                + "  ".join(f"{b.name} {row[b.name + '_nll']:+.4f}" for b in baselines)
+            )
+    progress.close()
+    return rows
+
+
+def _times(name: str, seconds: list[float]) -> dict[str, float]:
+    """Seconds per dataset, and the compile time: the first dataset's extra time over the rest's mean."""
+    if len(seconds) == 1:
+        return {f"{name}_seconds": seconds[0], f"{name}_compile_seconds": float("nan")}
+    rest = sum(seconds[1:]) / (len(seconds) - 1)
+    return {f"{name}_seconds": rest, f"{name}_compile_seconds": max(0.0, seconds[0] - rest)}
+
+
+def _type2_scores(prior: GPPrior, x_context, y_context, x_query, y_query) -> dict[str, float]:
+    from pfn.baselines.gp_type2 import type2_ml_gp_predictive
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small Cholesky factors: threads only add overhead
+    try:
+        dist, seconds = timed(type2_ml_gp_predictive, x_context, y_context, x_query, prior)
+    finally:
+        torch.set_num_threads(threads)
+    nll = -dist.log_prob(y_query.double()).mean(-1)
+    return _nll_stats("type2ml", nll) | {"type2ml_seconds": seconds / len(x_context)}
+
+
+def methods(row: dict[str, Any]) -> list[str]:
+    """Baseline names in a row, in order: nuts-<budget>..., then type2ml if present."""
+    return [key[: -len("_nll")] for key in row if key.endswith("_nll") and key != "pfn_nll"]
+
+
+def speedup(row: dict[str, Any]) -> tuple[float, str]:
+    """How many times faster the PFN (one dataset at a time) is than the cheapest NUTS run that
+    reaches the PFN's NLL or better; if none does, a lower bound against the largest budget."""
+    nuts = [m for m in methods(row) if m.startswith("nuts-")]
+    as_good = [m for m in nuts if row[f"{m}_nll"] <= row["pfn_nll"]]
+    pfn_time = row["pfn_seconds_single"]
+    if as_good:
+        cheapest = min(as_good, key=lambda m: row[f"{m}_seconds"])
+        return row[f"{cheapest}_seconds"] / pfn_time, f"vs {cheapest}"
+    return row[f"{nuts[-1]}_seconds"] / pfn_time, f"> (PFN better than every budget; vs {nuts[-1]})"
+
+
+def markdown_tables(summary: list[dict[str, Any]]) -> str:
+    names = methods(summary[0])
+    lines = [
+        "Mean NLL per query point (± standard error over datasets); lower is better.",
+        "",
+        "| context | PFN | " + " | ".join(names) + " |",
+        "|---:|---:|" + "---:|" * len(names),
+    ]
+    for row in summary:
+        cells = [f"{row[f'{m}_nll']:.3f} ± {row[f'{m}_nll_se']:.3f}" for m in ["pfn", *names]]
+        lines.append(f"| {row['context']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Wall time per dataset in seconds (NUTS: sampling and scoring, compile time apart), and the PFN's "
+        "speedup over the cheapest NUTS budget at equal or better NLL.",
+        "",
+        "| context | PFN batched | PFN single | " + " | ".join(names) + " | NUTS compile (each budget) | speedup |",
+        "|---:|---:|---:|" + "---:|" * len(names) + "---:|---|",
+    ]
+    for row in summary:
+        compile_times = ", ".join(f"{row[f'{m}_compile_seconds']:.1f}" for m in names if f"{m}_compile_seconds" in row)
+        factor, against = speedup(row)
+        lines.append(
+            f"| {row['context']} | {row['pfn_seconds_batched']:.2e} | {row['pfn_seconds_single']:.2e} | "
+            + " | ".join(f"{row[f'{m}_seconds']:.3g}" for m in names)
+            + f" | {compile_times} | {factor:,.0f}x {against} |"
+        )
+    return "\n".join(lines)
+
+
+def run_mcmc_bench(
+    benchmark: str,
+    model_name_or_path: str,
+    contexts: list[int],
+    features: list[int],
+    num_datasets: int = 5,
+    num_queries: int = 20,
+    seed: int = 12345,
+    budgets: tuple[int, ...] = (32, 128, 512),
+    num_chains: int = 2,
+    max_tree_depth: int = 8,
+    force: bool = False,
+    plot: bool = False,
+    out_dir: Path | None = Path("benchmarks/results"),
+) -> dict[str, Any]:
+    if benchmark not in BENCHMARK_CONFIGS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARK_CONFIGS)}")
+    if not budgets or any(b < 2 for b in budgets):
+        raise ValueError(f"budgets must be integers >= 2 (NUTS iterations per chain), got {list(budgets)}")
+    model = load_for_bench(benchmark, model_name_or_path, seed, num_datasets, num_queries)
+    prior = benchmark_prior(benchmark, model, force)
+    budgets = sorted(budgets)
+    rows = bench_rows(
+        benchmark,
+        model,
+        prior,
+        contexts,
+        features,
+        num_datasets,
+        num_queries,
+        seed,
+        budgets,
+        num_chains,
+        max_tree_depth,
+    )
+    result = assemble_result(
+        benchmark,
+        model_name_or_path,
+        model,
+        rows,
+        benchmark_prior=prior.spec,
+        datasets_per_cell=num_datasets,
+        queries_per_dataset=num_queries,
+        seed=seed,
+        nuts={"budgets": budgets, "chains": num_chains, "max_tree_depth": max_tree_depth, "warmup": "half"},
+    )
+    description = (
+        f"Held-out datasets from the prior {prior.spec} ({num_datasets} datasets x {num_queries} queries per "
+        f"context size and feature count {features}, seed {seed}), averaged over feature counts. NUTS budgets are "
+        f"iterations per chain (half warm-up), {num_chains} chains, max tree depth {max_tree_depth}. "
+        f"Mean PFN - NUTS-{budgets[-1]} NLL over context sizes: {result['mean_difference']:+.4f} nats per point."
+    )
+    name = benchmark
+    write_results(name, result, markdown_tables(result["summary"]), description, out_dir)
+    if plot and out_dir is not None:
+        from pfn.benchmarks.mcmc_plot import plot_results
+
+        path = plot_results(result, model, prior, budgets[-1], num_chains, max_tree_depth, seed, out_dir)
+        print(f"figure written to {path}")
+    return result

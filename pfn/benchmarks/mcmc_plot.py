@@ -1,0 +1,102 @@
+"""The `--plot` figure of `pfn bench bnn|gp-hyper`: NLL against time, and one example dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pfn.benchmarks.common import BENCH_STREAM  # noqa: E402
+from pfn.predictor import PFN  # noqa: E402
+from pfn.training import seeded_generators  # noqa: E402
+from priors import Prior  # noqa: E402
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def plot_results(
+    result: dict[str, Any],
+    model: PFN,
+    prior: Prior,
+    budget: int,
+    num_chains: int,
+    max_tree_depth: int,
+    seed: int,
+    out_dir: Path,
+) -> Path:
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    _nll_against_time(left, result["summary"])
+    _example(right, model, prior, budget, num_chains, max_tree_depth, seed, min(r["context"] for r in result["rows"]))
+    figure.suptitle(f"pfn bench {result['benchmark']}: {result['model']}")
+    figure.tight_layout()
+    path = out_dir / f"{result['benchmark']}-{result['date'][:10]}.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _nll_against_time(axes, summary: list[dict[str, Any]]) -> None:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for row, colour in zip(summary, colours, strict=False):
+        nuts = sorted((k[:-4] for k in row if k.startswith("nuts-") and k.endswith("_nll")), key=lambda m: int(m[5:]))
+        axes.plot(
+            [row[f"{m}_seconds"] for m in nuts],
+            [row[f"{m}_nll"] for m in nuts],
+            "o-",
+            color=colour,
+            label=f"NUTS, {row['context']} points",
+        )
+        for m in nuts:
+            axes.annotate(m[5:], (row[f"{m}_seconds"], row[f"{m}_nll"]), fontsize=7, color=colour)
+        axes.plot(row["pfn_seconds_single"], row["pfn_nll"], "*", ms=14, color=colour, label=f"PFN, {row['context']}")
+        if "type2ml_nll" in row:
+            axes.plot(
+                row["type2ml_seconds"], row["type2ml_nll"], "s", color=colour, label=f"type-II ML, {row['context']}"
+            )
+    axes.set_xscale("log")
+    axes.set_xlabel("seconds per dataset (NUTS: budget annotated; PFN: one dataset per forward pass)")
+    axes.set_ylabel("mean NLL per query point")
+    axes.legend(fontsize=7)
+    axes.set_title("NLL against wall time")
+
+
+def _example(
+    axes, model: PFN, prior: Prior, budget: int, num_chains: int, max_tree_depth: int, seed: int, num_context: int
+) -> None:
+    """A one-feature dataset: PFN quantile bands (filled) over NUTS's (dashed)."""
+    from pfn.baselines.nuts import NUTSBaseline
+
+    _, generator = seeded_generators(seed, BENCH_STREAM, 99, num_context)
+    batch = prior.sample(1, num_context, 1, generator)
+    x_context, y_context = batch.x[0], batch.y[0]
+    grid = torch.linspace(0, 1, 200)[:, None]
+    dist = model.predict(x_context, y_context, grid, normalize=False)
+    pfn_bands = [dist.icdf(torch.full((200,), q)).numpy() for q in QUANTILES]
+    nuts = NUTSBaseline(prior, budget, num_chains=num_chains, max_tree_depth=max_tree_depth)
+    samples = nuts.sample(x_context.numpy(), y_context.numpy(), seed)
+    draws = nuts.predictive_draws(samples, x_context.numpy(), y_context.numpy(), grid.numpy())
+    nuts_bands = np.quantile(draws, QUANTILES, axis=0)
+    x = grid[:, 0].numpy()
+    axes.fill_between(x, pfn_bands[0], pfn_bands[-1], alpha=0.2, color="C0", label="PFN 5-95%")
+    axes.fill_between(x, pfn_bands[1], pfn_bands[-2], alpha=0.3, color="C0", label="PFN 25-75%")
+    axes.plot(x, pfn_bands[2], color="C0", label="PFN median")
+    for i, style in ((0, ":"), (1, "--"), (2, "-"), (3, "--"), (4, ":")):
+        axes.plot(
+            x,
+            nuts_bands[i],
+            style,
+            color="C3",
+            lw=1,
+            label=None if i not in (0, 2) else ("NUTS median" if i == 2 else "NUTS 5/25/75/95%"),
+        )
+    axes.plot(x_context[:, 0].numpy(), y_context.numpy(), "k.", ms=8, label="context")
+    axes.set_xlabel("x")
+    axes.set_ylabel("y")
+    axes.set_title(f"example: {num_context} context points, NUTS-{budget}")
+    axes.legend(fontsize=7)
