@@ -4,7 +4,9 @@ A card is built from two sources, both offline:
 - the `.pfn` file itself: its training config (prior and hyperparameters, model size, data
   sizes) and metadata (steps trained), so those facts cannot drift from the weights;
 - an optional `checkpoints/<name>.json` next to it with what the file cannot know: a one-line
-  description, the benchmark figures the model reaches and the command that trained it.
+  description, the machine it was trained on, the benchmark figures the model reaches and the
+  command that trained it, plus the sha256 of the `.pfn` file those figures belong to. When the
+  checkpoint is replaced and the card is not, the card says so instead of showing stale figures.
 
     import pfn
     for card in pfn.list_models():
@@ -14,6 +16,7 @@ A card is built from two sources, both offline:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ import yaml
 from pfn.checkpoint import CHECKPOINT_DIR, CheckpointError, read_checkpoint, resolve_checkpoint
 from pfn.config import Config
 
-CARD_KEYS = ("description", "trained_on", "benchmark", "command")
+CARD_KEYS = ("description", "trained_on", "benchmark", "command", "sha256")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ModelCard:
     trained_on: str = ""  # the machine and time it took
     benchmark: str = ""
     command: str = ""
+    stale: bool = False  # the card file was written for another version of the checkpoint
     extra: dict[str, Any] = field(default_factory=dict)  # other metadata in the file
 
     @property
@@ -78,16 +82,21 @@ class ModelCard:
             training = "steps not recorded"
         else:
             training = f"{self.trained_steps:,} steps x {self.batch_size} datasets = {self.datasets_seen:,} datasets"
+        features = "1 feature" if self.max_features == 1 else f"1-{self.max_features} features"
         lines = [
             f"{self.name}: {self.description or self.task}",
-            f"  task       {self.task}, 1-{self.max_features} features, contexts up to {self.max_context} points",
+            f"  task       {self.task}, {features}, contexts up to {self.max_context} points",
             f"  prior      {json.dumps(self.prior)}",
             f"  model      {self.parameters / 1e6:.2f}M parameters ({self.layers}, {outputs}), "
             f"{self.file_megabytes:.1f} MB",
             f"  training   {training}" + (f", {self.trained_on}" if self.trained_on else ""),
         ]
+        if self.extra:
+            lines.append("  metadata   " + ", ".join(f"{key}={value}" for key, value in self.extra.items()))
         if self.benchmark:
             lines.append(f"  benchmark  {self.benchmark}")
+        if self.stale:
+            lines.append(f"  note       {self.path.with_suffix('.json').name} describes another version of this file")
         lines.append(f"  command    {self.command or self.reproduce_command}")
         lines.append(f"  file       {self.path}")
         return "\n".join(lines)
@@ -118,6 +127,9 @@ def model_card(name_or_path: str | Path) -> ModelCard:
     metadata = dict(payload.get("metadata") or {})
     trained_steps = metadata.pop("trained_steps", None)
     card = _read_card_file(path.with_suffix(".json"))
+    stale = "sha256" in card and card.pop("sha256") != hashlib.sha256(path.read_bytes()).hexdigest()
+    if stale:  # keep only what does not depend on the weights
+        card = {key: value for key, value in card.items() if key == "description"}
     classification = model.head == "categorical"
     return ModelCard(
         name=path.stem,
@@ -134,6 +146,7 @@ def model_card(name_or_path: str | Path) -> ModelCard:
         layers=f"{model.nlayers} layers, emsize {model.emsize}, {model.nhead} heads, hidden {model.nhid}",
         config=payload["config"],
         extra=metadata,
+        stale=stale,
         **card,
     )
 

@@ -6,7 +6,9 @@ which does not depend on how well the network predicts. The tests of the shipped
 bundled datasets are skipped where those checkpoints are not present.
 """
 
+import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -255,6 +257,13 @@ def test_card_file_adds_description_and_rejects_unknown_keys(tmp_path, tiny_regr
     (tmp_path / "mine.json").write_text(json.dumps({"description": "mine", "benchmark": "R^2 0.9"}))
     card = model_card(path)
     assert card.description == "mine" and "R^2 0.9" in str(card)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    (tmp_path / "mine.json").write_text(json.dumps({"benchmark": "R^2 0.9", "sha256": digest}))
+    assert not model_card(path).stale and "R^2 0.9" in str(model_card(path))
+    (tmp_path / "mine.json").write_text(json.dumps({"description": "mine", "benchmark": "R^2 0.9", "sha256": "0" * 64}))
+    card = model_card(path)  # the card describes another file: its figures are not shown
+    assert card.stale and card.description == "mine" and "R^2 0.9" not in str(card)
+    assert "describes another version" in str(card)
     (tmp_path / "mine.json").write_text(json.dumps({"benchmarks": "typo"}))
     with pytest.raises(CheckpointError, match="unknown model card keys"):
         model_card(path)
@@ -333,3 +342,20 @@ def test_defaults_handle_20_features_1000_points_and_10_classes():
         PFNRegressor().fit(rng.uniform(size=(10, 21)), rng.standard_normal(10))
     pipeline = make_pipeline(PCA(n_components=20), PFNRegressor()).fit(rng.uniform(size=(100, 30)), y[:100])
     assert pipeline.predict(rng.uniform(size=(3, 30))).shape == (3,)
+
+
+@needs_regressor
+@needs_classifier
+def test_readme_estimator_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Use it like scikit-learn", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert set(namespace["clf"].classes_) == {"setosa", "versicolor", "virginica"}
+
+
+def test_every_card_file_belongs_to_a_shipped_checkpoint():
+    for path in CHECKPOINT_DIR.glob("*.json"):
+        assert path.with_suffix(".pfn").is_file(), f"{path.name} has no checkpoint"
+        model_card(path.with_suffix(".pfn"))  # known keys only
