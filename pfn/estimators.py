@@ -39,9 +39,9 @@ from pfn.predictor import PFN
 DEFAULT_REGRESSOR = "regressor"
 DEFAULT_CLASSIFIER = "classifier"
 
-# Checks of `sklearn.utils.estimator_checks.check_estimator` that cannot apply to a PFN, with the
-# reason; pass the dict as `check_estimator(..., expected_failed_checks=...)`. Empty means every
-# check applies and passes.
+# The checks of `sklearn.utils.estimator_checks.check_estimator` that a PFN cannot pass, with the
+# reason; pass the dict as `check_estimator(..., expected_failed_checks=...)`. Every other check
+# passes with the shipped defaults.
 EXPECTED_FAILED_CHECKS: dict[str, str] = {
     "check_methods_subset_invariance": (
         "a query's prediction depends only on the context and itself, but float32 matrix products "
