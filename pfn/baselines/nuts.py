@@ -118,31 +118,13 @@ def bnn_model(prior: BNNPrior, x: jnp.ndarray, y: jnp.ndarray | None = None, mas
     numpyro.sample("y", likelihood.to_event(1), obs=y)
 
 
-def bnn_predictive_log_prob(
-    prior: BNNPrior, samples: dict[str, jnp.ndarray], x_query: jnp.ndarray, y_query: jnp.ndarray
-) -> jnp.ndarray:
-    """log p(y_q | x_q, D) per query point, averaged over posterior samples: [q]."""
-
-    def one(sample: dict[str, jnp.ndarray]) -> jnp.ndarray:
-        sites = _with_fixed_sites(prior, sample)
-        f = bnn_function(prior, sites, x_query)
-        return dist.Normal(f, sites["noise_std"]).log_prob(y_query)
-
-    return _log_mean_exp(jax.vmap(one)(samples))
-
-
-def bnn_predictive_draws(
-    prior: BNNPrior, samples: dict[str, jnp.ndarray], x_query: jnp.ndarray, key: jax.Array
-) -> jnp.ndarray:
-    """One draw of y at each query point per posterior sample: [samples, q]."""
-
-    def one(sample: dict[str, jnp.ndarray], key: jax.Array) -> jnp.ndarray:
-        sites = _with_fixed_sites(prior, sample)
-        f = bnn_function(prior, sites, x_query)
-        return f + sites["noise_std"] * jax.random.normal(key, f.shape)
-
-    num = len(next(iter(samples.values())))
-    return jax.vmap(one)(samples, jax.random.split(key, num))
+def bnn_predictive_normal(
+    prior: BNNPrior, sample: dict[str, jnp.ndarray], x_query: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mean and standard deviation of y at each query point given one posterior sample: [q], [q]."""
+    sites = _with_fixed_sites(prior, sample)
+    f = bnn_function(prior, sites, x_query)
+    return f, jnp.broadcast_to(sites["noise_std"], f.shape)
 
 
 def _with_fixed_sites(prior: BNNPrior, sample: dict[str, jnp.ndarray]) -> dict[str, Any]:
@@ -249,23 +231,6 @@ def gp_predictive_normal(
     return mean, jnp.sqrt(jnp.maximum(variance, 1e-12))
 
 
-def gp_predictive_log_prob(
-    prior: GPPrior,
-    samples: dict[str, jnp.ndarray],
-    x_context: jnp.ndarray,
-    y_context: jnp.ndarray,
-    x_query: jnp.ndarray,
-    y_query: jnp.ndarray,
-) -> jnp.ndarray:
-    """log p(y_q | x_q, D) per query point, averaged over hyperparameter samples: [q]."""
-
-    def one(sample: dict[str, jnp.ndarray]) -> jnp.ndarray:
-        mean, std = gp_predictive_normal(prior, sample, x_context, y_context, x_query)
-        return dist.Normal(mean, std).log_prob(y_query)
-
-    return _log_mean_exp(jax.vmap(one)(samples))
-
-
 def _log_mean_exp(log_probs: jnp.ndarray) -> jnp.ndarray:
     """[samples, q] -> [q]: the log of the mean of the densities over samples."""
     return logsumexp(log_probs, axis=0) - math.log(log_probs.shape[0])
@@ -289,8 +254,10 @@ class NUTSBaseline:
     num_chains: int = 2
     max_tree_depth: int = 8
     pad_to: int | None = None
+    compile_seconds: float = 0.0  # total spent compiling samplers and predictive functions
     _samplers: dict[tuple[int, ...], Callable] = field(default_factory=dict, repr=False)
     _predictive: dict[str, Callable] = field(default_factory=dict, repr=False)
+    _scored_shapes: set = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         if self.budget < 2:
@@ -338,7 +305,11 @@ class NUTSBaseline:
                 samples = jax.vmap(one_chain, in_axes=(0, None, None, None))(keys, x, y, mask)
                 return jax.tree.map(lambda t: t.reshape(-1, *t.shape[2:]), samples)  # chains stacked
 
-            self._samplers[shape] = jax.jit(run)
+            # Compiled ahead of time, so that compiling is timed apart from sampling.
+            start = time.perf_counter()
+            key, x, y = jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros(shape[0])
+            self._samplers[shape] = jax.jit(run).lower(key, x, y, y).compile()
+            self.compile_seconds += time.perf_counter() - start
         return self._samplers[shape]
 
     def sample(self, x_context: np.ndarray, y_context: np.ndarray, seed: int) -> dict[str, jnp.ndarray]:
@@ -357,6 +328,22 @@ class NUTSBaseline:
             run(jax.random.PRNGKey(seed), *(jnp.asarray(a, jnp.float64) for a in (x, y, mask)))
         )
 
+    def _predictive_normal(self, sample, x_context, y_context, x_query) -> tuple[jnp.ndarray, jnp.ndarray]:
+        if isinstance(self.prior, BNNPrior):
+            return bnn_predictive_normal(self.prior, sample, x_query)
+        return gp_predictive_normal(self.prior, sample, x_context, y_context, x_query)
+
+    def predictive_normals(
+        self, samples: dict[str, jnp.ndarray], x_context: np.ndarray, y_context: np.ndarray, x_query: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per posterior sample, the Normal predictive of y at each query point: means, stds [S, q].
+
+        The posterior predictive is their equal-weight mixture.
+        """
+        args = [jnp.asarray(a, jnp.float64) for a in (x_context, y_context, x_query)]
+        means, stds = jax.vmap(lambda sample: self._predictive_normal(sample, *args))(samples)
+        return np.asarray(means), np.asarray(stds)
+
     def predictive_log_prob(
         self,
         samples: dict[str, jnp.ndarray],
@@ -365,26 +352,16 @@ class NUTSBaseline:
         x_query: np.ndarray,
         y_query: np.ndarray,
     ) -> np.ndarray:
-        """log p(y_q | x_q, D) per query point from the samples: [q]."""
-        args = [jnp.asarray(a, jnp.float64) for a in (x_context, y_context, x_query, y_query)]
+        """log p(y_q | x_q, D) per query point, log-mean-exp over the samples: [q]."""
         if "log_prob" not in self._predictive:
-            if isinstance(self.prior, BNNPrior):
-                function = lambda s, xc, yc, xq, yq: bnn_predictive_log_prob(self.prior, s, xq, yq)  # noqa: E731
-            else:
-                function = lambda s, xc, yc, xq, yq: gp_predictive_log_prob(self.prior, s, xc, yc, xq, yq)  # noqa: E731
-            self._predictive["log_prob"] = jax.jit(function)
-        return np.asarray(self._predictive["log_prob"](samples, *args))
 
-    def predictive_draws(
-        self, samples: dict[str, jnp.ndarray], x_context: np.ndarray, y_context: np.ndarray, x_query: np.ndarray
-    ) -> np.ndarray:
-        """One draw of y at each query point per posterior sample, [samples, q]: for quantile bands."""
-        key = jax.random.PRNGKey(0)
-        if isinstance(self.prior, BNNPrior):
-            return np.asarray(bnn_predictive_draws(self.prior, samples, jnp.asarray(x_query, jnp.float64), key))
-        args = [jnp.asarray(a, jnp.float64) for a in (x_context, y_context, x_query)]
-        mean, std = jax.vmap(lambda s: gp_predictive_normal(self.prior, s, *args))(samples)
-        return np.asarray(mean + std * jax.random.normal(key, mean.shape))
+            def log_prob(samples, x_context, y_context, x_query, y_query):
+                normal = jax.vmap(lambda s: self._predictive_normal(s, x_context, y_context, x_query))(samples)
+                return _log_mean_exp(dist.Normal(*normal).log_prob(y_query))
+
+            self._predictive["log_prob"] = jax.jit(log_prob)
+        args = [jnp.asarray(a, jnp.float64) for a in (x_context, y_context, x_query, y_query)]
+        return np.asarray(self._predictive["log_prob"](samples, *args))
 
     def fit_predict(
         self,
@@ -394,7 +371,15 @@ class NUTSBaseline:
         y_query: np.ndarray,
         seed: int,
     ) -> tuple[np.ndarray, float]:
-        """Sample, then score the queries: (log p per query point [q], seconds taken)."""
+        """Sample, then score the queries: (log p per query point [q], seconds taken, compiling excluded)."""
+        sampler = self._sampler((max(len(x_context), self.pad_to or 0), x_context.shape[1]))
+        shapes = (x_context.shape, x_query.shape)
+        if shapes not in self._scored_shapes:  # compile the scoring function for these shapes first
+            start = time.perf_counter()
+            placeholder = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sampler.out_info)
+            self.predictive_log_prob(placeholder, x_context, y_context, x_query, y_query)
+            self._scored_shapes.add(shapes)
+            self.compile_seconds += time.perf_counter() - start
         start = time.perf_counter()
         samples = self.sample(x_context, y_context, seed)
         log_prob = self.predictive_log_prob(samples, x_context, y_context, x_query, y_query)
