@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.datasets import load_diabetes, load_iris
+from sklearn.datasets import load_iris
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import r2_score
@@ -300,24 +300,17 @@ needs_classifier = pytest.mark.skipif(
 
 
 @needs_regressor
-def test_default_regressor_on_diabetes():
-    X, y = load_diabetes(return_X_y=True, as_frame=True)
-    scores = cross_val_score(make_pipeline(StandardScaler(), PFNRegressor()), X, y, cv=5)
-    assert scores.mean() > 0.4  # linear regression reaches about 0.48
-
-
-@needs_regressor
 def test_default_regressor_is_calibrated_on_its_prior():
     model = pfn.load("regressor")
     prior = build_prior(model.prior_spec)
-    batch = prior.sample(64, 130, 4, torch.Generator().manual_seed(2024))
+    batch = prior.sample(24, 160, 4, torch.Generator().manual_seed(2024))
     covered = []
     for x, y in zip(batch.x.numpy(), batch.y.numpy(), strict=True):
         quantiles = PFNRegressor("regressor").fit(x[:100], y[:100]).predict_quantiles(x[100:], (0.05, 0.5, 0.95))
         assert (np.diff(quantiles, axis=1) >= 0).all()
         covered.append((quantiles[:, 0] <= y[100:]) & (y[100:] <= quantiles[:, 2]))
     coverage = np.mean(covered)
-    assert abs(coverage - 0.9) < 0.04, coverage  # 1,920 query points: the standard error is 0.007
+    assert abs(coverage - 0.9) < 0.04, coverage  # 1,440 query points: the standard error is about 0.008
 
 
 @needs_classifier
@@ -346,12 +339,13 @@ def test_defaults_handle_20_features_1000_points_and_10_classes():
 
 @needs_regressor
 @needs_classifier
-def test_readme_estimator_example_runs():
+def test_readme_estimator_example_runs_and_fits_diabetes():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Use it like scikit-learn", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["scores"].mean() > 0.4  # cross-validated R^2 on diabetes; linear regression: 0.49
     assert set(namespace["clf"].classes_) == {"setosa", "versicolor", "virginica"}
 
 

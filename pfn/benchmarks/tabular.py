@@ -149,7 +149,11 @@ def run_tabular_bench(
         "n_ensemble": n_ensemble,
         "folds": num_folds,
         "seed": seed,
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(), "device": device},
+        "machine": {
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+            "device": "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"),
+        },
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "rows": rows,
     }
