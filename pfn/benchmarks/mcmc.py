@@ -5,7 +5,8 @@ benchmark's prior (the model's own, when the model was trained on a prior of the
 kind). The PFN predicts them all in one batched forward pass and once more one dataset at a
 time; NUTS runs per dataset at every budget, its sampler compiled once per budget and dataset
 shape (the compile time is reported apart); for gp-hyper, type-II maximum likelihood (GPyTorch)
-runs as well. Every method is scored by its mean negative log-likelihood per query point.
+runs as well. Every method is scored by its mean negative log-likelihood per query point, and
+every method runs on one thread.
 """
 
 from __future__ import annotations
@@ -130,12 +131,7 @@ def bench_rows(
 def _type2_scores(prior: GPPrior, x_context, y_context, x_query, y_query) -> dict[str, float]:
     from pfn.baselines.gp_type2 import type2_ml_gp_predictive
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small Cholesky factors: threads only add overhead
-    try:
-        dist, seconds = timed(type2_ml_gp_predictive, x_context, y_context, x_query, prior)
-    finally:
-        torch.set_num_threads(threads)
+    dist, seconds = timed(type2_ml_gp_predictive, x_context, y_context, x_query, prior)
     nll = -dist.log_prob(y_query.double()).mean(-1)
     return _nll_stats("type2ml", nll) | {"type2ml_seconds": seconds / len(x_context)}
 
@@ -211,13 +207,21 @@ def run_mcmc_bench(
     prior = benchmark_prior(benchmark, model, force)
     budgets = sorted(budgets)
     baselines = make_baselines(prior, budgets, num_chains, max_tree_depth, pad_to=max(contexts))
-    rows = bench_rows(benchmark, model, prior, contexts, features, num_datasets, num_queries, seed, baselines)
+    # Every method runs on one thread, as NUTS does: the matrices are small, and on a shared
+    # machine a second thread can make the PFN's forward pass 30x slower instead of faster.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = bench_rows(benchmark, model, prior, contexts, features, num_datasets, num_queries, seed, baselines)
+    finally:
+        torch.set_num_threads(threads)
     result = assemble_result(
         benchmark,
         model_name_or_path,
         model,
         rows,
         benchmark_prior=prior.spec,
+        threads_per_method=1,
         datasets_per_cell=num_datasets,
         queries_per_dataset=num_queries,
         seed=seed,
