@@ -303,7 +303,7 @@ needs_classifier = pytest.mark.skipif(
 def test_default_regressor_is_calibrated_on_its_prior():
     model = pfn.load("regressor")
     prior = build_prior(model.prior_spec)
-    batch = prior.sample(24, 160, 4, torch.Generator().manual_seed(2024))
+    batch = prior.sample(12, 220, 4, torch.Generator().manual_seed(2024))
     covered = []
     for x, y in zip(batch.x.numpy(), batch.y.numpy(), strict=True):
         quantiles = PFNRegressor("regressor").fit(x[:100], y[:100]).predict_quantiles(x[100:], (0.05, 0.5, 0.95))
