@@ -126,10 +126,39 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ValueError(f"unknown config key '{prefix}{key}'{hint}; valid keys: {', '.join(fields)}")
-        field_type = fields[key].type
-        nested = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig}.get(str(field_type))
-        kwargs[key] = _build(nested, value, prefix=f"{prefix}{key}.") if nested else value
+        field_type = str(fields[key].type)
+        nested = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig}.get(field_type)
+        if nested:
+            kwargs[key] = _build(nested, value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _checked(prefix + key, field_type, value)
     return cls(**kwargs)
+
+
+def _checked(key: str, field_type: str, value: Any) -> Any:
+    """`value` if it has the field's type (int, float, bool, str, optionally `| None`), else a clear error.
+
+    YAML 1.1 reads `1e-3` (no dot) as a string; a float field takes such a string as the number it
+    spells, since that is what every reader of the config means by it.
+    """
+    base, optional = field_type.removesuffix(" | None"), field_type.endswith(" | None")
+    if value is None and optional:
+        return value
+    if base == "float" and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    valid = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+    }.get(base, True)  # other fields (devices, prior, imports) are checked where they are used
+    if not valid:
+        expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[base]
+        raise ValueError(f"config key '{key}' must be {expected}{' or null' if optional else ''}, got {value!r}")
+    return float(value) if base == "float" else value
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -89,7 +89,19 @@ def test_config_errors_name_the_key(tmp_path):
     assert config.model.emsize == 64 and config.prior["lengthscale"] == 0.3
 
 
-@pytest.mark.parametrize("name", ["gp.yaml", "gp_hyper.yaml", "tiny.yaml"])
+def test_config_values_are_type_checked():
+    with pytest.raises(ValueError, match="'train.max_steps' must be an integer, got 'ten'"):
+        load_config(None, ["--train.max_steps", "ten"])
+    with pytest.raises(ValueError, match="'model.emsize' must be an integer, got 1.5"):
+        load_config(None, ["--model.emsize", "1.5"])
+    with pytest.raises(ValueError, match="'train.compile' must be true or false"):
+        load_config(None, ["--train.compile", "maybe"])
+    # YAML 1.1 reads 1e-3 as a string; a float key takes it as the number it spells.
+    assert load_config(None, ["--train.lr", "1e-3"]).train.lr == 0.001
+    assert load_config(None, ["--data.max_context", "null"]).data.max_context is None
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     config = load_config(ROOT / "configs" / name)
     build_prior(config.prior)
