@@ -124,3 +124,16 @@ def test_bad_arguments():
     d = RiemannDistribution(torch.zeros(3), torch.arange(4.0))
     with pytest.raises(ValueError, match="quantiles"):
         d.icdf(1.5)
+
+
+def test_shared_and_per_point_borders_agree():
+    # Training passes one border vector for all points; predictions in user units carry one per
+    # dataset. Both paths of the bucket lookup must give the same densities.
+    generator = torch.Generator().manual_seed(0)
+    borders = torch.sort(torch.randn(101, generator=generator)).values
+    logits = torch.randn(8, 5, 100, generator=generator)
+    value = 1.5 * torch.randn(8, 5, generator=generator)
+    shared = RiemannDistribution(logits, borders)
+    per_point = RiemannDistribution(logits, borders.expand(8, 5, 101))
+    assert torch.allclose(shared.log_prob(value), per_point.log_prob(value))
+    assert torch.allclose(shared.cdf(value), per_point.cdf(value))
