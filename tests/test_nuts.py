@@ -113,7 +113,8 @@ def test_bench_bnn_end_to_end(tmp_path):
     model_path = train(config)
     args = ["bench", "bnn", "--model", str(model_path), "--context", "4,8", "--features", "1", "--datasets", "2"]
     args += ["--queries", "3", "--budgets", "6", "--chains", "1", "--max_tree_depth", "3", "--out_dir", str(tmp_path)]
-    main(args)
+    main([*args, "--plot"])
+    assert len(list(tmp_path.glob("bnn-*.png"))) == 1
     [result_file] = tmp_path.glob("bnn-*.json")
     result = json.loads(result_file.read_text())
     assert result["prior"]["name"] == "bnn" and result["nuts"]["budgets"] == [6]

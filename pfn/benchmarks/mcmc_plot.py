@@ -93,7 +93,7 @@ def _example(axes, model: PFN, prior: Prior, nuts: Any, seed: int, num_context: 
     pfn_bands = [dist.icdf(torch.full((200,), q)).numpy() for q in QUANTILES]
     samples = nuts.sample(x_context.numpy(), y_context.numpy(), seed)
     means, stds = nuts.predictive_normals(samples, x_context.numpy(), y_context.numpy(), grid.numpy())
-    nuts_bands = mixture_quantiles(torch.from_numpy(means), torch.from_numpy(stds), QUANTILES).numpy()
+    nuts_bands = mixture_quantiles(torch.tensor(means), torch.tensor(stds), QUANTILES).numpy()
     x = grid[:, 0].numpy()
     axes.fill_between(x, pfn_bands[0], pfn_bands[-1], alpha=0.2, color="C0", label="PFN 5-95%")
     axes.fill_between(x, pfn_bands[1], pfn_bands[-2], alpha=0.3, color="C0", label="PFN 25-75%")
