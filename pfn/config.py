@@ -39,6 +39,10 @@ class DataConfig:
     min_context: int = 0  # context points per batch drawn uniformly in [min_context, max_context]
     max_context: int | None = None  # default: num_points - 1
     border_datasets: int = 2000  # prior datasets drawn to place the bucket borders
+    # Standardise each training dataset's y by its context's mean and std (as `predict` does for
+    # user data), so one set of buckets serves datasets of any scale; the loss is then the NLL in
+    # standardised units and predictions are mapped back to the caller's units.
+    standardize_y: bool = False
     prefetch: bool = False  # CUDA: draw the next batch on a side stream while the current step runs
 
 

@@ -19,6 +19,7 @@ from pfn.distributions import CategoricalDistribution, RiemannDistribution
 from pfn.heads import CategoricalHead, RiemannHead
 from pfn.model import PFNTransformer
 from pfn.network import build_backbone, build_head
+from pfn.scaling import context_standardization
 
 
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
@@ -65,10 +66,7 @@ class Normalizer:
         normalizer.x_loc = x_min
         normalizer.x_scale = torch.where(x_range > 0, x_range, torch.ones_like(x_range))
         if standardize_y:
-            normalizer.y_loc = y_context.mean(1, keepdim=True)
-            if num_context > 1:
-                y_std = y_context.std(1, keepdim=True)
-                normalizer.y_scale = torch.where(y_std > 0, y_std, torch.ones_like(y_std))
+            normalizer.y_loc, normalizer.y_scale = context_standardization(y_context)
         return normalizer
 
     @classmethod
@@ -192,7 +190,8 @@ class PFN:
             y_context: [n] or [batch, n] targets (for a classifier: labels 0..num_classes-1).
             x_query: [q, f] or [batch, q, f] inputs to predict.
             normalize: map the data to the model's scale first (see `Normalizer`). Pass False
-                only for data already in the units of the model's prior, e.g. samples from it.
+                only for data already in the units of the model's prior, e.g. samples from it
+                (a model trained with `data.standardize_y` still standardises y by the context).
 
         Returns a `RiemannDistribution` (regression) or `CategoricalDistribution`
         (classification) with batch shape [q] (or [batch, q]).
@@ -205,6 +204,10 @@ class PFN:
             if normalize
             else Normalizer.identity(x_context)
         )
+        if self.config.data.standardize_y and not normalize:
+            # Part of the model itself (it was trained on targets standardised by each context),
+            # so it applies even to data that are already in the prior's units.
+            normalizer.y_loc, normalizer.y_scale = context_standardization(y_context)
         device = self.device
         logits = self.backbone(
             normalizer.x(x_context).float().to(device),

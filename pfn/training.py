@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pfn.config import Config
 from pfn.heads import borders_from_samples
 from pfn.network import build_backbone, build_head
+from pfn.scaling import context_standardization
 from priors import Prior, build_prior
 
 
@@ -53,10 +54,16 @@ def prior_borders(prior: Prior, config: Config) -> torch.Tensor:
     """Bucket borders from quantiles of targets drawn from the prior (its own seed stream)."""
     samples = []
     datasets_per_draw = 250
+    max_context = config.data.max_context if config.data.max_context is not None else config.data.num_points - 1
     for draw in range(math.ceil(config.data.border_datasets / datasets_per_draw)):
         structure, generator = seeded_generators(config.seed, 10**6, draw)
         features = int(torch.randint(config.data.min_features, config.model.max_features + 1, (), generator=structure))
-        samples.append(prior.sample(datasets_per_draw, config.data.num_points, features, generator).y)
+        y = prior.sample(datasets_per_draw, config.data.num_points, features, generator).y
+        if config.data.standardize_y:  # the scale the network will see: standardised by a context
+            num_context = int(torch.randint(config.data.min_context, max_context + 1, (), generator=structure))
+            loc, scale = context_standardization(y[:, :num_context])
+            y = (y - loc) / scale
+        samples.append(y.flatten())
     return borders_from_samples(torch.cat(samples), config.model.num_buckets)
 
 
@@ -134,6 +141,9 @@ class PFNModule(L.LightningModule):
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean loss of the query points (those after the first `num_context`) of a prior batch."""
         x, y, n = batch["x"], batch["y"], batch["num_context"]
+        if self.config.data.standardize_y and not self.head.predicts_labels:
+            loc, scale = context_standardization(y[:, :n])
+            y = (y - loc) / scale
         logits = self(x[:, :n], y[:, :n], x[:, n:])
         return self.head.loss(logits, y[:, n:]).mean()
 

@@ -157,3 +157,20 @@ def test_float16_export_halves_the_file_and_keeps_predictions(tmp_path, tiny_mod
     assert torch.allclose(half.predict(x[:, :8], y[:, :8], x[:, 8:]).mean, full_mean, atol=1e-2)
     with pytest.raises(ValueError, match="weights_dtype"):
         save_model(module, tmp_path / "bad.pfn", weights_dtype="int8")
+
+
+def test_standardize_y_training_and_prediction_are_scale_equivariant(tmp_path):
+    # A model trained on targets standardised by each context predicts in the caller's units:
+    # shifting and scaling the context's y shifts and scales the predictive exactly, even with
+    # normalize=False (the standardisation is part of the model).
+    path = train(tiny_config(tmp_path, "--data.standardize_y", "true", "--train.max_steps", "20"))
+    model = pfn.load(path)
+    assert model.config.data.standardize_y
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 15, 2, generator=generator)
+    y = torch.randn(4, 15, generator=generator)
+    base = model.predict(x[:, :10], y[:, :10], x[:, 10:], normalize=False)
+    moved = model.predict(x[:, :10], 100.0 * y[:, :10] - 7.0, x[:, 10:], normalize=False)
+    assert torch.allclose(moved.mean, 100.0 * base.mean - 7.0, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(moved.icdf(0.9), 100.0 * base.icdf(0.9) - 7.0, rtol=1e-4, atol=1e-3)
+    assert torch.isfinite(-base.log_prob(y[:, 10:])).all()
