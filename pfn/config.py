@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pfn.checkpoint import WEIGHT_DTYPES
+
 
 @dataclass
 class ModelConfig:
@@ -44,6 +46,11 @@ class DataConfig:
     # standardised units and predictions are mapped back to the caller's units.
     standardize_y: bool = False
     prefetch: bool = False  # CUDA: draw the next batch on a side stream while the current step runs
+
+    @property
+    def longest_context(self) -> int:
+        """The most context points a training batch has: `max_context`, or all points but one."""
+        return self.max_context if self.max_context is not None else self.num_points - 1
 
 
 @dataclass
@@ -105,7 +112,7 @@ class Config:
             raise ValueError(f"data.num_points must be >= 2, got {self.data.num_points}")
         if not 1 <= self.data.min_features <= self.model.max_features:
             raise ValueError(f"data.min_features must be in [1, model.max_features={self.model.max_features}]")
-        max_context = self.data.max_context if self.data.max_context is not None else self.data.num_points - 1
+        max_context = self.data.longest_context
         if not 0 <= self.data.min_context <= max_context <= self.data.num_points - 1:
             raise ValueError(
                 "need 0 <= data.min_context <= data.max_context <= data.num_points - 1 "
@@ -113,8 +120,12 @@ class Config:
             )
         if self.train.max_steps < 1 or self.train.checkpoint_every < 1:
             raise ValueError("train.max_steps and train.checkpoint_every must be >= 1")
-        if self.train.export_dtype not in ("float32", "float16"):
-            raise ValueError(f"train.export_dtype must be 'float32' or 'float16', got {self.train.export_dtype!r}")
+        if self.data.standardize_y and self.model.head != "riemann":
+            raise ValueError("data.standardize_y standardises real-valued targets; it needs model.head 'riemann'")
+        if self.train.export_dtype not in WEIGHT_DTYPES:
+            raise ValueError(
+                f"train.export_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {self.train.export_dtype!r}"
+            )
         if self.train.max_minutes is not None and not self.train.max_minutes > 0:
             raise ValueError(f"train.max_minutes must be a positive number of minutes, got {self.train.max_minutes}")
         return self

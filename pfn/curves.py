@@ -210,8 +210,7 @@ def extrapolate(
     scale = CurveScale(float(lower), float(upper), bool(minimize))
     curves, batched = _as_curves(y_observed)
     length = trained_length(model)
-    max_context = model.config.data.max_context
-    max_observed = max_context if max_context is not None else length - 1
+    max_observed = model.config.data.longest_context
     names = [f"y_observed[{i}]" if batched else "y_observed" for i in range(len(curves))]
     for name, curve in zip(names, curves, strict=True):
         if len(curve) > max_observed:

@@ -120,7 +120,7 @@ class _PFNEstimator(BaseEstimator):
                 f"e.g. make_pipeline(PCA(n_components={limit}), {type(self).__name__}())"
             )
         data = self.model_.config.data
-        trained = data.max_context if data.max_context is not None else data.num_points - 1
+        trained = data.longest_context
         if X.shape[0] > trained:
             warnings.warn(
                 f"the context has {X.shape[0]} points, but this model was trained on contexts of up to "

@@ -43,24 +43,28 @@ def draw_training_batch(
     """Batch number `step` for process `rank`: datasets plus how many points are context."""
     data = config.data
     structure, generator = seeded_generators(config.seed, rank, step, device=device)
-    num_features = int(torch.randint(data.min_features, config.model.max_features + 1, (), generator=structure))
-    max_context = data.max_context if data.max_context is not None else data.num_points - 1
-    num_context = int(torch.randint(data.min_context, max_context + 1, (), generator=structure))
+    num_features, num_context = draw_batch_shape(config, structure)
     batch = prior.sample(data.batch_size, data.num_points, num_features, generator, device)
     return {"x": batch.x, "y": batch.y, "num_context": num_context}
+
+
+def draw_batch_shape(config: Config, structure: torch.Generator) -> tuple[int, int]:
+    """The number of features and of context points of one batch, drawn uniformly in their ranges."""
+    data = config.data
+    num_features = int(torch.randint(data.min_features, config.model.max_features + 1, (), generator=structure))
+    num_context = int(torch.randint(data.min_context, data.longest_context + 1, (), generator=structure))
+    return num_features, num_context
 
 
 def prior_borders(prior: Prior, config: Config) -> torch.Tensor:
     """Bucket borders from quantiles of targets drawn from the prior (its own seed stream)."""
     samples = []
     datasets_per_draw = 250
-    max_context = config.data.max_context if config.data.max_context is not None else config.data.num_points - 1
     for draw in range(math.ceil(config.data.border_datasets / datasets_per_draw)):
         structure, generator = seeded_generators(config.seed, 10**6, draw)
-        features = int(torch.randint(config.data.min_features, config.model.max_features + 1, (), generator=structure))
+        features, num_context = draw_batch_shape(config, structure)
         y = prior.sample(datasets_per_draw, config.data.num_points, features, generator).y
         if config.data.standardize_y:  # the scale the network will see: standardised by a context
-            num_context = int(torch.randint(config.data.min_context, max_context + 1, (), generator=structure))
             loc, scale = context_standardization(y[:, :num_context])
             y = (y - loc) / scale
         samples.append(y.flatten())
@@ -141,7 +145,7 @@ class PFNModule(L.LightningModule):
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean loss of the query points (those after the first `num_context`) of a prior batch."""
         x, y, n = batch["x"], batch["y"], batch["num_context"]
-        if self.config.data.standardize_y and not self.head.predicts_labels:
+        if self.config.data.standardize_y:
             loc, scale = context_standardization(y[:, :n])
             y = (y - loc) / scale
         logits = self(x[:, :n], y[:, :n], x[:, n:])

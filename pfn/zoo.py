@@ -137,7 +137,7 @@ def model_card(name_or_path: str | Path) -> ModelCard:
         task="classification" if classification else "regression",
         prior=config.prior,
         max_features=model.max_features,
-        max_context=data.max_context if data.max_context is not None else data.num_points - 1,
+        max_context=data.longest_context,
         outputs=model.num_classes if classification else model.num_buckets,
         parameters=sum(tensor.numel() for tensor in payload["state_dict"].values()),
         file_megabytes=path.stat().st_size / 1e6,

@@ -99,6 +99,10 @@ def test_config_values_are_type_checked():
     # YAML 1.1 reads 1e-3 as a string; a float key takes it as the number it spells.
     assert load_config(None, ["--train.lr", "1e-3"]).train.lr == 0.001
     assert load_config(None, ["--data.max_context", "null"]).data.max_context is None
+    with pytest.raises(ValueError, match="data.standardize_y .* needs model.head 'riemann'"):
+        load_config(None, ["--data.standardize_y", "true", "--model.head", "categorical"])
+    with pytest.raises(ValueError, match="train.export_dtype must be one of float32, float16"):
+        load_config(None, ["--train.export_dtype", "bfloat16"])
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
