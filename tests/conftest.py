@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,12 @@ from pfn.config import load_config
 from pfn.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_blocks(heading: str) -> list[str]:
+    """The ```python and plain ``` blocks of the README section that starts at `heading`, in order."""
+    section = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    return re.findall(r"```(?:python)?\n(.*?)```", section, re.S)
 
 
 def tiny_config(output_dir: Path, *overrides: str):

@@ -1,7 +1,6 @@
 """Learning-curve extrapolation (`PFN.extrapolate`), the MCMC-PP baseline and `pfn bench lc`."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from pfn.curves import CurveScale
 from pfn.training import train
 from priors import LearningCurvePrior
 
-from .conftest import ROOT, tiny_config
+from .conftest import readme_blocks, tiny_config
 
 LENGTH = 30  # the tiny model's curve length T
 
@@ -192,7 +191,6 @@ def test_bench_lc_writes_results_and_reuses_mcmc_runs(lc_model, tmp_path):
 
 def test_readme_learning_curve_example_prints_what_it_says(capsys):
     pytest.importorskip("matplotlib").use("Agg")
-    section = (ROOT / "README.md").read_text().split("## Extrapolate learning curves", 1)[1]
-    code, output = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
+    code, output = readme_blocks("## Extrapolate learning curves")[:2]
     exec(compile(code, "README.md", "exec"), {})  # the shipped `lc` model
     assert capsys.readouterr().out == output

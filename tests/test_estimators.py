@@ -8,7 +8,6 @@ bundled datasets are skipped where those checkpoints are not present.
 
 import hashlib
 import json
-import re
 import warnings
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from pfn.training import train
 from pfn.zoo import list_models, model_card
 from priors import build_prior
 
-from .conftest import ROOT
+from .conftest import ROOT, readme_blocks
 
 QUIET = ["--train.progress_bar", "false", "--logger", "none", "--train.max_steps", "10"]
 # A tiny model is far too weak for the accuracy thresholds of these two checks (R^2 > 0.5 and
@@ -340,9 +339,7 @@ def test_defaults_handle_20_features_1000_points_and_10_classes():
 @needs_regressor
 @needs_classifier
 def test_readme_estimator_example_runs_and_fits_diabetes():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Use it like scikit-learn", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = readme_blocks("## Use it like scikit-learn")[0]
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["scores"].mean() > 0.4  # cross-validated R^2 on diabetes; linear regression: 0.49

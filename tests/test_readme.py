@@ -1,17 +1,13 @@
 """The README's complete example of a new prior works as written."""
 
-import re
-
 import torch
 
 from priors import build_prior
-from tests.conftest import ROOT
+from tests.conftest import readme_blocks
 
 
 def test_readme_prior_example_runs():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Write a new prior", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = readme_blocks("## Write a new prior")[0]
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     prior = build_prior({"name": "sine", "max_frequency": 5.0, "noise": 0.001})
