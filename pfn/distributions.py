@@ -52,6 +52,28 @@ class RiemannDistribution:
         self.borders = borders.to(dtype).expand(*self.batch_shape, num_buckets + 1)
         self.num_buckets = num_buckets
 
+    @classmethod
+    def nearest_to(cls, normal: torch.distributions.Normal, borders: torch.Tensor) -> RiemannDistribution:
+        """The bar distribution on `borders` closest to `normal` in KL(normal || bar).
+
+        Every bucket gets the normal's mass over the region it owns (the tail buckets own
+        everything beyond b_1 and b_{K-1}). If `normal` is the true predictive, no choice of
+        bucket probabilities has a lower expected NLL, so its NLL is the floor that a bar head
+        with these borders can reach: benchmarks use it to tell the head's resolution apart
+        from the network's error. Masses are taken in log space, so far buckets stay finite.
+        """
+        dtype = torch.float64
+        inner = borders.to(dtype)[..., 1:-1]  # [..., K-1]
+        z = (inner - normal.loc.to(dtype)[..., None]) / normal.scale.to(dtype)[..., None]
+        infinity = torch.full_like(z[..., :1], torch.inf)
+        lower, upper = torch.cat([-infinity, z], -1), torch.cat([z, infinity], -1)  # [..., K]
+        # log(Phi(upper) - Phi(lower)), from the side of the mean where it does not cancel.
+        right_of_mean = lower > 0
+        big = torch.where(right_of_mean, torch.special.log_ndtr(-lower), torch.special.log_ndtr(upper))
+        small = torch.where(right_of_mean, torch.special.log_ndtr(-upper), torch.special.log_ndtr(lower))
+        log_mass = big + torch.log(-torch.expm1(small - big))
+        return cls(log_mass.clamp_min(-1e4), borders.to(dtype))
+
     # -- building blocks --------------------------------------------------------------------
     @property
     def log_probs(self) -> torch.Tensor:
