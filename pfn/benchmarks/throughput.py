@@ -222,15 +222,23 @@ def model_step_function(module: PFNModule, batches: list[dict[str, Any]], config
     return step
 
 
-def sdpa_backends(step: Callable[[], None], device: torch.device) -> dict[str, Any]:
-    """Which `scaled_dot_product_attention` implementation one step runs, from the profiler's op names."""
+def profile_step(step: Callable[[], None], device: torch.device, steps: int = 3, top: int = 15) -> dict[str, Any]:
+    """Profile a few steps: which `scaled_dot_product_attention` implementation runs (from the
+    op names), the ops that take the most time, and how busy the device is: with `device_busy`
+    far below `wall`, a step waits on the host (kernel launches, Python), not on the GPU."""
+    on_gpu = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
+    if on_gpu:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
+    synchronize(device)
+    start = time.perf_counter()
     with torch.profiler.profile(activities=activities) as profile:
-        step()
+        for _ in range(steps):
+            step()
         synchronize(device)
-    names = [event.key for event in profile.key_averages()]
+    wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    events = profile.key_averages()
+    names = [event.key for event in events]
     ops = {SDPA_OPS[name]: name for name in names if name in SDPA_OPS}
     kernels = [  # CUDA kernel names (not aten ops or autograd nodes)
         name[:120]
@@ -239,7 +247,23 @@ def sdpa_backends(step: Callable[[], None], device: torch.device) -> dict[str, A
         and not name.startswith(("aten::", "autograd::"))
         and "Backward" not in name
     ]
-    return {"backends": sorted(ops), "ops": sorted(ops.values()), "kernels": kernels[:8]}
+
+    def self_ms(event) -> float:  # per step; device time on a GPU, host time on a CPU
+        micros = getattr(event, "self_device_time_total", 0.0) if on_gpu else event.self_cpu_time_total
+        return micros / 1e3 / steps
+
+    # On a GPU only kernels have self device time, so their sum is the time the device was busy.
+    busy_ms = sum(self_ms(event) for event in events) if on_gpu else None
+    ranked = sorted(events, key=self_ms, reverse=True)[:top]
+    return {
+        "sdpa": {"backends": sorted(ops), "ops": sorted(ops.values()), "kernels": kernels[:8]},
+        "wall_ms_per_step": wall_ms,
+        "device_busy_ms_per_step": busy_ms,
+        "top_ops": [
+            {"name": event.key[:120], "self_ms_per_step": self_ms(event), "calls_per_step": event.count / steps}
+            for event in ranked
+        ],
+    }
 
 
 def probe_syncs(step: Callable[[], None], device: torch.device, steps: int) -> dict[str, Any] | None:
@@ -263,7 +287,10 @@ def measure_model_step(config: Config, device: torch.device, warmup_s: float, se
     step = model_step_function(module, batches, config, device)
     result = rates(**timed_loop(step, device, warmup_s, seconds), config=config)
     result["sync_probe"] = attempt(lambda: probe_syncs(step, device, steps=3))
-    result["sdpa"] = attempt(lambda: sdpa_backends(step, device))
+    profile = attempt(lambda: profile_step(step, device))
+    if isinstance(profile, dict) and "sdpa" in profile:
+        result["sdpa"] = profile.pop("sdpa")
+    result["profile"] = profile
     result["context_sizes"] = [batch["num_context"] for batch in batches]
     return result
 
