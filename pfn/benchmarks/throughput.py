@@ -222,22 +222,23 @@ def model_step_function(module: PFNModule, batches: list[dict[str, Any]], config
     return step
 
 
-def profile_step(step: Callable[[], None], device: torch.device, steps: int = 3, top: int = 15) -> dict[str, Any]:
-    """Profile a few steps: which `scaled_dot_product_attention` implementation runs (from the
-    op names), the ops that take the most time, and how busy the device is: with `device_busy`
-    far below `wall`, a step waits on the host (kernel launches, Python), not on the GPU."""
-    on_gpu = device.type == "cuda"
+def start_profiler(device: torch.device) -> torch.profiler.profile:
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if on_gpu:
+    if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.profiler.profile(activities=activities) as profile:
-        for _ in range(steps):
-            step()
-        synchronize(device)
-    wall_ms = (time.perf_counter() - start) * 1e3 / steps
-    events = profile.key_averages()
+    profiler = torch.profiler.profile(activities=activities)
+    profiler.start()
+    return profiler
+
+
+def summarise_profile(
+    profiler: torch.profiler.profile, device: torch.device, steps: int, wall_s: float, top: int = 15
+) -> dict[str, Any]:
+    """Which `scaled_dot_product_attention` implementation ran (from the op names), the ops that
+    took the most time, and how busy the device was: with `device_busy` far below `wall`, a step
+    waits on the host (kernel launches, Python, synchronisations), not on the GPU."""
+    on_gpu = device.type == "cuda"
+    events = profiler.key_averages()
     names = [event.key for event in events]
     ops = {SDPA_OPS[name]: name for name in names if name in SDPA_OPS}
     kernels = [  # CUDA kernel names (not aten ops or autograd nodes)
@@ -257,13 +258,25 @@ def profile_step(step: Callable[[], None], device: torch.device, steps: int = 3,
     ranked = sorted(events, key=self_ms, reverse=True)[:top]
     return {
         "sdpa": {"backends": sorted(ops), "ops": sorted(ops.values()), "kernels": kernels[:8]},
-        "wall_ms_per_step": wall_ms,
+        "steps": steps,
+        "wall_ms_per_step": wall_s * 1e3 / steps,
         "device_busy_ms_per_step": busy_ms,
         "top_ops": [
             {"name": event.key[:120], "self_ms_per_step": self_ms(event), "calls_per_step": event.count / steps}
             for event in ranked
         ],
     }
+
+
+def profile_step(step: Callable[[], None], device: torch.device, steps: int = 3) -> dict[str, Any]:
+    synchronize(device)
+    start = time.perf_counter()
+    profiler = start_profiler(device)
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    profiler.stop()
+    return summarise_profile(profiler, device, steps, time.perf_counter() - start)
 
 
 def probe_syncs(step: Callable[[], None], device: torch.device, steps: int) -> dict[str, Any] | None:
@@ -343,15 +356,21 @@ def cholesky_precision(config: Config, device: torch.device, repeats: int = 3) -
 
 class ThroughputWindow(L.Callback):
     """Times training steps between two step ends: after `warmup_s` (and a few steps), for `seconds`,
-    synchronising the GPU at the two edges only; then stops the run. Probes syncs during warm-up."""
+    synchronising the GPU at the two edges only; then profiles `profile_steps` more steps and
+    stops the run. Probes syncs during warm-up."""
 
-    def __init__(self, device: torch.device, warmup_s: float, seconds: float, probe_steps: int = 3) -> None:
+    def __init__(
+        self, device: torch.device, warmup_s: float, seconds: float, probe_steps: int = 3, profile_steps: int = 3
+    ) -> None:
         self.device, self.warmup_s, self.seconds = device, warmup_s, seconds
         self.probe, self.probe_steps = SyncProbe(device), probe_steps
+        self.profile_steps = profile_steps
         self.started = self.window_start = 0.0
         self.first_step: int | None = None
         self.result: dict[str, Any] | None = None
         self.sync_probe: dict[str, Any] | None = None
+        self.profiler: torch.profiler.profile | None = None
+        self.profile: dict[str, Any] | None = None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.started = time.perf_counter()
@@ -368,9 +387,17 @@ class ThroughputWindow(L.Callback):
             if step > 3 + self.probe_steps and now - self.started >= self.warmup_s:
                 synchronize(self.device)
                 self.first_step, self.window_start = step, time.perf_counter()
-        elif step - self.first_step >= 3 and now - self.window_start >= self.seconds:
+        elif self.result is None:
+            if step - self.first_step >= 3 and now - self.window_start >= self.seconds:
+                synchronize(self.device)
+                self.result = {"steps": step - self.first_step, "seconds": time.perf_counter() - self.window_start}
+                self.profile_start, self.profile_from = time.perf_counter(), step
+                self.profiler = start_profiler(self.device)
+        elif step - self.profile_from >= self.profile_steps:
             synchronize(self.device)
-            self.result = {"steps": step - self.first_step, "seconds": time.perf_counter() - self.window_start}
+            self.profiler.stop()
+            seconds = time.perf_counter() - self.profile_start
+            self.profile = attempt(lambda: summarise_profile(self.profiler, self.device, self.profile_steps, seconds))
             trainer.should_stop = True
 
 
@@ -389,6 +416,7 @@ def measure_end_to_end(config: Config, device: torch.device, warmup_s: float, se
     result = rates(window.result["steps"], window.result["seconds"], config)
     result["precision"] = str(trainer.precision)
     result["sync_probe"] = window.sync_probe
+    result["profile"] = window.profile
     return result
 
 
