@@ -74,6 +74,9 @@ class TrainConfig:
     output_dir: str = "runs/default"
     progress_bar: bool = True
     export_dtype: str = "float32"  # weights in the exported .pfn file: "float32" or "float16" (half the size)
+    # A .pfn file or shipped model name to start from (continued training, or fine-tuning on
+    # another prior); its architecture must match this config's (see `training.initialize_from`).
+    init_from: str | None = None
 
 
 @dataclass

@@ -8,6 +8,7 @@ the head and knows the loss; the Lightning `Trainer` runs the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -264,6 +265,41 @@ def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L
     )
 
 
+def initialize_from(module: PFNModule, name_or_path: str) -> dict[str, Any]:
+    """Copy a trained model's weights into `module` before training: to train a shipped model
+    further (a new warm-up + cosine schedule) or to fine-tune it on another prior.
+
+    Every `model.*` setting must match, except `num_buckets`: with another number of buckets the
+    output layer starts fresh and the borders are placed for this config; with the same number
+    the model's own borders are kept, since its output layer was trained on them. Returns what
+    was loaded, for the exported model's metadata.
+    """
+    from pfn.predictor import load
+
+    source = load(name_or_path)
+    ours, theirs = module.config, source.config
+    differing = [
+        f"model.{field.name} ({getattr(theirs.model, field.name)!r} there, {getattr(ours.model, field.name)!r} here)"
+        for field in dataclasses.fields(ours.model)
+        if field.name != "num_buckets" and getattr(ours.model, field.name) != getattr(theirs.model, field.name)
+    ]
+    if differing:
+        raise ValueError(f"train.init_from {name_or_path!r} has another architecture: {', '.join(differing)}")
+    state = source.backbone.state_dict()
+    fresh = [key for key, value in module.backbone.state_dict().items() if state[key].shape != value.shape]
+    keeps_borders = ours.model.head == "riemann" and not fresh
+    if keeps_borders and ours.data.standardize_y != theirs.data.standardize_y:
+        raise ValueError(
+            f"train.init_from {name_or_path!r} was trained with data.standardize_y={theirs.data.standardize_y}, "
+            f"so its buckets are on another scale than data.standardize_y={ours.data.standardize_y} here"
+        )
+    module.backbone.load_state_dict({key: value for key, value in state.items() if key not in fresh}, strict=False)
+    if keeps_borders:
+        module.head.borders.copy_(source.head.borders)  # `setup` keeps borders that are already set
+    print(f"initialised from {source.path}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
+    return {"path": str(source.path), "trained_steps": source.metadata.get("trained_steps"), "fresh": fresh}
+
+
 def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callback] | None = None) -> Path:
     """Train from a config (resuming from `ckpt_path`, e.g. "last"); returns the exported model file."""
     from pfn.checkpoint import save_model
@@ -271,10 +307,14 @@ def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callba
     L.seed_everything(config.seed, workers=True, verbose=False)
     trainer = make_trainer(config, callbacks)
     module = PFNModule(config.to_dict())
+    metadata: dict[str, Any] = {}
+    if config.train.init_from is not None:
+        # On resume, Lightning then restores the run's own checkpoint over these weights.
+        metadata["initialized_from"] = initialize_from(module, config.train.init_from)
     if config.train.compile:
         module.backbone = torch.compile(module.backbone)
     trainer.fit(module, datamodule=PriorDataModule(config), ckpt_path=ckpt_path)
     path = Path(config.train.output_dir) / "model.pfn"
     if trainer.is_global_zero:
-        save_model(module, path, weights_dtype=config.train.export_dtype, trained_steps=trainer.global_step)
+        save_model(module, path, weights_dtype=config.train.export_dtype, trained_steps=trainer.global_step, **metadata)
     return path

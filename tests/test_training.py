@@ -178,3 +178,45 @@ def test_standardize_y_training_and_prediction_are_scale_equivariant(tmp_path):
     assert torch.allclose(moved.mean, 100.0 * base.mean - 7.0, rtol=1e-4, atol=1e-3)
     assert torch.allclose(moved.icdf(0.9), 100.0 * base.icdf(0.9) - 7.0, rtol=1e-4, atol=1e-3)
     assert torch.isfinite(-base.log_prob(y[:, 10:])).all()
+
+
+def test_init_from_starts_training_from_a_trained_model(tmp_path, tiny_model_path):
+    source = pfn.load(tiny_model_path)
+    # Fine-tuning on another prior keeps the model's own borders (its output layer learned them);
+    # with a negligible learning rate one step leaves the weights where they were.
+    path = train(
+        tiny_config(
+            tmp_path / "same",
+            "--train.init_from", str(tiny_model_path), "--prior.lengthscale", "0.2",
+            "--train.max_steps", "1", "--train.lr", "1e-12",
+        )
+    )  # fmt: skip
+    tuned = pfn.load(path)
+    assert torch.equal(tuned.head.borders, source.head.borders)
+    for key, value in source.backbone.state_dict().items():
+        assert torch.allclose(tuned.backbone.state_dict()[key], value, atol=1e-6), key
+    assert tuned.metadata["initialized_from"]["trained_steps"] == source.metadata["trained_steps"]
+
+    # Another number of buckets: the output layer starts fresh, the rest is loaded.
+    path = train(
+        tiny_config(
+            tmp_path / "buckets",
+            "--train.init_from", str(tiny_model_path), "--model.num_buckets", "80",
+            "--train.max_steps", "1", "--train.lr", "1e-12",
+        )
+    )  # fmt: skip
+    rebucketed = pfn.load(path)
+    assert rebucketed.head.borders.shape == (81,)
+    fresh = rebucketed.metadata["initialized_from"]["fresh"]
+    assert fresh and all(key.startswith("decoder.") for key in fresh)
+    first_layer = "blocks.0.attention.query.weight"
+    assert torch.allclose(rebucketed.backbone.state_dict()[first_layer], source.backbone.state_dict()[first_layer])
+
+
+def test_init_from_refuses_another_architecture(tmp_path, tiny_model_path):
+    with pytest.raises(ValueError, match=r"model\.emsize \(32 there, 48 here\)"):
+        train(tiny_config(tmp_path / "a", "--train.init_from", str(tiny_model_path), "--model.emsize", "48"))
+    with pytest.raises(ValueError, match="standardize_y"):
+        train(tiny_config(tmp_path / "b", "--train.init_from", str(tiny_model_path), "--data.standardize_y", "true"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint file or shipped model"):
+        train(tiny_config(tmp_path / "c", "--train.init_from", "no-such-model"))
