@@ -101,7 +101,8 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         budgets = tuple(int(b) for b in args.budgets.split(","))
         run_mcmc_bench(
             args.prior, args.model or model, budgets=budgets, num_chains=args.chains,
-            max_tree_depth=args.max_tree_depth, force=args.force, plot=args.plot, **common,
+            max_tree_depth=args.max_tree_depth, force=args.force, plot=args.plot,
+            nuts_cache=Path(args.mcmc_cache) if args.mcmc_cache else None, **common,
         )  # fmt: skip
     elif args.prior == "gp":
         from pfn.benchmarks.gp import run_gp_bench
@@ -184,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--cutoffs", default="10,20,40", help="lc: observed epochs before extrapolating")
     bench.add_argument("--mcmc", default="100,2500,500,10", help="lc: MCMC-PP walkers,steps,burn_in,thin")
     bench.add_argument("--lc_device", default="cpu", help="lc: device of the PFN (MCMC-PP runs on the CPU)")
-    bench.add_argument("--mcmc_cache", help="lc: JSON file of MCMC-PP results to reuse and extend")
+    bench.add_argument(
+        "--mcmc_cache", help="lc, bnn, gp-hyper: JSON file of MCMC results to reuse and extend (independent of the PFN)"
+    )
     # `pfn bench train`: training throughput (pfn/benchmarks/throughput.py)
     bench.add_argument("--preset", default="all", help="train: paper, small or all")
     bench.add_argument("--out", help="train: JSON file to write")

@@ -107,7 +107,7 @@ def test_nuts_predictive_matches_the_exact_gp_when_hyperparameters_are_almost_kn
     np.testing.assert_allclose(log_prob, exact, atol=0.02)
 
 
-def test_bench_bnn_end_to_end(tmp_path):
+def test_bench_bnn_end_to_end(tmp_path, monkeypatch):
     config = tiny_config(tmp_path / "model", "--train.max_steps", "10")
     config.prior = dict(FIXED_BNN)
     model_path = train(config)
@@ -126,6 +126,21 @@ def test_bench_bnn_end_to_end(tmp_path):
         assert row["difference"] == pytest.approx(row["pfn_nll"] - row["nuts-6_nll"])
     markdown = next(tmp_path.glob("bnn-*.md")).read_text()
     assert "| context | PFN | nuts-6 |" in markdown and "speedup" in markdown
+
+    # With --mcmc_cache the NUTS results are kept, and a second run (e.g. of a new checkpoint)
+    # reuses them without sampling.
+    cache = tmp_path / "nuts-cache.json"
+    main([*args, "--mcmc_cache", str(cache), "--out_dir", str(tmp_path / "first")])
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("NUTS ran although its results were cached")
+
+    monkeypatch.setattr(NUTSBaseline, "fit_predict", no_sampling)
+    main([*args, "--mcmc_cache", str(cache), "--out_dir", str(tmp_path / "second")])
+    first, second = (json.loads(next((tmp_path / run).glob("bnn-*.json")).read_text()) for run in ("first", "second"))
+    assert [row["nuts-6_nll"] for row in first["rows"]] == [row["nuts-6_nll"] for row in second["rows"]]
+    assert second["nuts"]["compile_seconds"] == first["nuts"]["compile_seconds"]
+    monkeypatch.undo()
 
     # A model trained on another prior: a clear error, unless --force.
     gp_config = tiny_config(tmp_path / "gp", "--train.max_steps", "2")

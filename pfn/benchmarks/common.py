@@ -48,6 +48,39 @@ def average_by_context(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+class ResultCache:
+    """Baseline results in a JSON file, one entry per name, valid for one `key` (the settings they
+    depend on). MCMC baselines do not depend on the PFN, so the benchmark of a new checkpoint of
+    the same prior reuses them instead of spending hours on the same chains again. Each entry
+    records `observed_sum`, the sum of the data it was computed on, so an entry is never used for
+    other data."""
+
+    def __init__(self, path: Path | None, key: dict[str, Any]) -> None:
+        self.path = path
+        self.key = json.loads(json.dumps(key))  # as it reads back from the file
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path is not None and path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == self.key:
+                self.entries = stored["entries"]
+            else:
+                print(f"cache {path} is for other settings ({stored.get('key')}); starting a new one")
+
+    def get(self, name: str, observed: torch.Tensor) -> dict[str, Any] | None:
+        entry = self.entries.get(name)
+        if entry is not None and math.isclose(entry["observed_sum"], observed.sum().item(), rel_tol=1e-9):
+            return entry
+        return None
+
+    def put(self, name: str, entry: dict[str, Any]) -> None:
+        self.entries[name] = entry
+        if self.path is not None:  # after every entry, so an interrupted run keeps what it did
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(json.dumps({"key": self.key, "entries": self.entries}))
+            partial.replace(self.path)  # atomic: a run stopped mid-write leaves the last complete file
+
+
 def load_for_bench(benchmark: str, model_name_or_path: str, seed: int, num_datasets: int, num_queries: int) -> PFN:
     model = load(model_name_or_path)
     if seed == model.config.seed:

@@ -11,7 +11,6 @@ generative model, Domhan et al.'s budget) and an oracle that knows the true curv
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import time
 from dataclasses import asdict
@@ -23,7 +22,7 @@ import torch
 from torch.distributions import Normal
 
 from pfn.baselines.mcmc_pp import MCMCSettings, mixture_quantile, sample_posterior
-from pfn.benchmarks.common import BENCH_STREAM, assemble_result, standard_error, timed, write_results
+from pfn.benchmarks.common import BENCH_STREAM, ResultCache, assemble_result, standard_error, timed, write_results
 from pfn.curves import predict_in_prior_units, trained_length
 from pfn.distributions import RiemannDistribution
 from pfn.predictor import PFN, load
@@ -87,37 +86,6 @@ def mcmc_pp_scores(
     return scores
 
 
-class MCMCCache:
-    """MCMC-PP scores per (cutoff, curve) in a JSON file. They depend on the prior, the held-out
-    curves and the MCMC budget but not on the PFN, so the bench of a new checkpoint of the same
-    prior reuses them instead of spending hours on the same chains again."""
-
-    def __init__(self, path: Path | None, key: dict[str, Any]) -> None:
-        self.path = path
-        self.key = json.loads(json.dumps(key))  # as it reads back from the file
-        self.entries: dict[str, dict[str, Any]] = {}
-        if path is not None and path.is_file():
-            stored = json.loads(path.read_text())
-            if stored.get("key") == self.key:
-                self.entries = stored["entries"]
-            else:
-                print(f"MCMC cache {path} is for other settings ({stored.get('key')}); starting a new one")
-
-    def get(self, cutoff: int, i: int, observed: torch.Tensor) -> dict[str, Any] | None:
-        entry = self.entries.get(f"{cutoff}/{i}")
-        if entry is not None and math.isclose(entry["observed_sum"], observed.sum().item(), rel_tol=1e-9):
-            return entry
-        return None
-
-    def put(self, cutoff: int, i: int, entry: dict[str, Any]) -> None:
-        self.entries[f"{cutoff}/{i}"] = entry
-        if self.path is not None:  # after every curve, so an interrupted run keeps what it did
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_suffix(".partial")
-            partial.write_text(json.dumps({"key": self.key, "entries": self.entries}))
-            partial.replace(self.path)  # atomic: a run stopped mid-write leaves the last complete file
-
-
 def lc_bench_rows(
     model: PFN,
     cutoffs: list[int],
@@ -133,7 +101,7 @@ def lc_bench_rows(
     length = trained_length(model)
     curves = held_out_curves(prior, length, num_curves, seed)
     cache_key = {"prior": prior.spec, "length": length, "seed": seed, "chunk": CURVES_PER_DRAW, **asdict(settings)}
-    cache = MCMCCache(mcmc_cache, cache_key)
+    cache = ResultCache(mcmc_cache, cache_key)
     rows, examples = [], []
     for cutoff in cutoffs:
         if not 1 <= cutoff < length:
@@ -158,10 +126,10 @@ def lc_bench_rows(
 
         mcmc = []
         for i in range(num_curves):
-            entry = cache.get(cutoff, i, observed[i])
+            entry = cache.get(f"{cutoff}/{i}", observed[i])
             if entry is None:
                 entry = mcmc_pp_scores(prior, curves, i, cutoff, seed, settings)
-                cache.put(cutoff, i, entry)
+                cache.put(f"{cutoff}/{i}", entry)
             mcmc.append(entry)
             if i < EXAMPLE_CURVES:
                 levels = torch.tensor(EXAMPLE_LEVELS)[:, None].expand(-1, len(future))

@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pfn.benchmarks.common import BENCH_STREAM, assemble_result, load_for_bench, standard_error, timed, write_results
+from pfn.benchmarks.common import (
+    BENCH_STREAM,
+    ResultCache,
+    assemble_result,
+    load_for_bench,
+    standard_error,
+    timed,
+    write_results,
+)
 from pfn.config import load_config
 from pfn.distributions import RiemannDistribution
 from pfn.predictor import PFN
@@ -92,6 +100,7 @@ def bench_rows(
     num_queries: int,
     seed: int,
     baselines: list[Any],
+    cache: ResultCache,
 ) -> list[dict[str, Any]]:
     too_many = [f for f in features if f > model.max_features]
     if too_many:
@@ -110,11 +119,16 @@ def bench_rows(
             for baseline in baselines:
                 nll, seconds = [], []
                 for i in range(num_datasets):
-                    log_prob, elapsed = baseline.fit_predict(
-                        x_context[i].numpy(), y_context[i].numpy(), x_query[i].numpy(), y_query[i].numpy(), seed + i
-                    )
-                    nll.append(-float(np.mean(log_prob)))
-                    seconds.append(elapsed)
+                    name = f"{baseline.name}/{num_context}/{num_features}/{i}"
+                    entry = cache.get(name, y_context[i])
+                    if entry is None:
+                        log_prob, elapsed = baseline.fit_predict(
+                            x_context[i].numpy(), y_context[i].numpy(), x_query[i].numpy(), y_query[i].numpy(), seed + i
+                        )
+                        entry = {"nll": -float(np.mean(log_prob)), "seconds": elapsed}
+                        cache.put(name, entry | {"observed_sum": y_context[i].sum().item()})
+                    nll.append(entry["nll"])
+                    seconds.append(entry["seconds"])
                     progress.update()
                 nll = torch.tensor(nll, dtype=torch.float64)
                 row |= _nll_stats(baseline.name, nll) | {f"{baseline.name}_seconds": sum(seconds) / len(seconds)}
@@ -222,7 +236,10 @@ def run_mcmc_bench(
     force: bool = False,
     plot: bool = False,
     out_dir: Path | None = Path("benchmarks/results"),
+    nuts_cache: Path | None = None,
 ) -> dict[str, Any]:
+    """`nuts_cache`: a JSON file of NUTS results to reuse and extend (they do not depend on the
+    PFN, so benchmarking another checkpoint of the same prior skips the hours of sampling)."""
     if benchmark not in BENCHMARK_CONFIGS:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARK_CONFIGS)}")
     if not budgets or any(b < 2 for b in budgets):
@@ -233,12 +250,31 @@ def run_mcmc_bench(
     baselines = make_baselines(prior, budgets, num_chains, max_tree_depth, pad_to=max(contexts))
     # Every method runs on one thread, as NUTS does: the matrices are small, and on a shared
     # machine a second thread can make the PFN's forward pass 30x slower instead of faster.
+    cache_key = {
+        "benchmark": benchmark,
+        "prior": prior.spec,
+        "seed": seed,
+        "queries": num_queries,
+        "chains": num_chains,
+        "max_tree_depth": max_tree_depth,
+        "pad_to": max(contexts),
+    }
+    cache = ResultCache(nuts_cache, cache_key)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows = bench_rows(benchmark, model, prior, contexts, features, num_datasets, num_queries, seed, baselines)
+        rows = bench_rows(
+            benchmark, model, prior, contexts, features, num_datasets, num_queries, seed, baselines, cache
+        )
     finally:
         torch.set_num_threads(threads)
+    # Compile times of this run, or of the run that filled the cache when everything came from it.
+    compile_seconds = {}
+    for baseline in baselines:
+        if baseline.compile_seconds > 0:
+            cache.put(f"compile/{baseline.name}", {"seconds": baseline.compile_seconds, "observed_sum": 0.0})
+        stored = cache.get(f"compile/{baseline.name}", torch.zeros(1))
+        compile_seconds[baseline.name] = stored["seconds"] if stored else baseline.compile_seconds
     result = assemble_result(
         benchmark,
         model_name_or_path,
@@ -254,7 +290,7 @@ def run_mcmc_bench(
             "chains": num_chains,
             "max_tree_depth": max_tree_depth,
             "warmup": "half",
-            "compile_seconds": {b.name: b.compile_seconds for b in baselines},
+            "compile_seconds": compile_seconds,
         },
     )
     description = (
