@@ -2,6 +2,7 @@
 # Train every shipped checkpoint on one GPU in one go, after measuring training throughput.
 #
 #   OUT=runs/shipped bash benchmarks/train_shipped.sh [TOTAL_SECONDS] [MODELS...]
+#   EXTRA_ARGS="--train.init_from gp" bash benchmarks/train_shipped.sh 530 gp   # continue a shipped model
 #
 # The throughput benchmark runs first, alone on the GPU, so its figures are clean. Then all
 # models train at the same time, one process each (small models leave a GPU mostly idle, so
@@ -52,7 +53,7 @@ for name in "${MODELS[@]}"; do
     OMP_NUM_THREADS=2 python3 -m pfn.cli train --config "configs/$name.yaml" \
         --train.max_minutes "$MINUTES" --train.max_steps 1000000 --train.export_dtype float16 \
         --train.checkpoint_every 2000 --train.progress_bar false --train.output_dir "runs/$name" \
-        > "$LOGS/$name.log" 2>&1 &
+        ${EXTRA_ARGS:-} > "$LOGS/$name.log" 2>&1 &
 done
 wait
 
