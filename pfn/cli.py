@@ -74,8 +74,9 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         settings = MCMCSettings(walkers, steps, burn_in, thin)
         cache = Path(args.mcmc_cache) if args.mcmc_cache else None
         run_lc_bench(
-            args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir), 1, args.lc_device, cache
-        )
+            args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir), 1, args.lc_device, cache,
+            args.precision,
+        )  # fmt: skip
         return
     if args.prior == "tabular":
         from pfn.benchmarks.tabular import run_tabular_bench
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--cutoffs", default="10,20,40", help="lc: observed epochs before extrapolating")
     bench.add_argument("--mcmc", default="100,2500,500,10", help="lc: MCMC-PP walkers,steps,burn_in,thin")
     bench.add_argument("--lc_device", default="cpu", help="lc: device of the PFN (MCMC-PP runs on the CPU)")
+    bench.add_argument("--precision", default="float32", help="lc: the PFN's precision, float32 or bfloat16")
     bench.add_argument(
         "--mcmc_cache", help="lc, bnn, gp-hyper: JSON file of MCMC results to reuse and extend (independent of the PFN)"
     )

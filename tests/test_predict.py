@@ -167,3 +167,18 @@ def test_cli_export_turns_a_training_checkpoint_into_a_model(tmp_path, tiny_mode
     x, y, xq = data
     exported = pfn.load(tmp_path / "exported.pfn").predict(x, y, xq)
     assert torch.allclose(exported.logits, pfn.load(tiny_model_path).predict(x, y, xq).logits)
+
+
+def test_bfloat16_precision_predicts_nearly_the_same(tiny_model_path):
+    exact, fast = pfn.load(tiny_model_path), pfn.load(tiny_model_path, precision="bfloat16")
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 20, 2, generator=generator), torch.randn(4, 20, generator=generator)
+    reference = exact.predict(x[:, :12], y[:, :12], x[:, 12:])
+    approximate = fast.predict(x[:, :12], y[:, :12], x[:, 12:])
+    assert approximate.logits.dtype == torch.float32  # the distribution itself stays in float32
+    assert not torch.equal(approximate.logits, reference.logits)  # bfloat16 did run
+    assert torch.allclose(approximate.mean, reference.mean, atol=0.05)
+    nll = [-d.log_prob(y[:, 12:]).mean().item() for d in (reference, approximate)]
+    assert abs(nll[0] - nll[1]) < 0.02
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+        pfn.load(tiny_model_path, precision="int8")

@@ -234,11 +234,12 @@ def run_lc_bench(
     threads: int = 1,
     device: str = "cpu",
     mcmc_cache: Path | None = None,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     # Both methods get one core: MCMC-PP is sequential, and a PFN forward pass on one curve gains
     # nothing from more threads on a small CPU (they only thrash when the machine is busy).
     torch.set_num_threads(threads)
-    model = load(model_name_or_path, device)
+    model = load(model_name_or_path, device, precision)
     if seed == model.config.seed:
         raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
     print(f"pfn bench lc: model {model_name_or_path} ({model}), {num_curves} curves, cutoffs {cutoffs}, seed {seed}")
@@ -253,6 +254,7 @@ def run_lc_bench(
         seed=seed,
         mcmc=asdict(settings),
         mcmc_cache=str(mcmc_cache) if mcmc_cache else None,
+        pfn_precision=precision,
     )
     description = (
         f"Learning-curve extrapolation on {num_curves} held-out curves of the model's own prior (seed {seed}): "
@@ -262,16 +264,17 @@ def run_lc_bench(
         f"steps, {settings.burn_in} burn-in, thinning {settings.thin}. Oracle: the true curve and noise. "
         f"Times per curve: CPU time of one thread (`time.process_time`, robust to other work on the machine) "
         f"for MCMC-PP and, on a CPU, for the PFN; wall time for the PFN on a GPU. The PFN ran on "
-        f"{result['machine']['device']} ({result['machine']['torch_threads']} torch thread(s)); wall times are "
-        "in the JSON. Speed-up = MCMC-PP time per curve / batched PFN time per curve."
+        f"{result['machine']['device']} ({result['machine']['torch_threads']} torch thread(s), {precision}); wall "
+        "times are in the JSON. Speed-up = MCMC-PP time per curve / batched PFN time per curve."
         + (f" MCMC-PP scores and times come from `{mcmc_cache}` where it has them." if mcmc_cache else "")
     )
     result["examples"] = examples
     pfn_clock = "cpu_seconds" if model.device.type == "cpu" else "seconds"
-    write_results("lc", result, markdown_table(rows, pfn_clock), description, out_dir)
+    name = "lc" if precision == "float32" else f"lc-{precision}"
+    write_results(name, result, markdown_table(rows, pfn_clock), description, out_dir)
     if out_dir is not None:
         try:
-            figure = out_dir / f"lc-{datetime.date.today().isoformat()}.png"
+            figure = out_dir / f"{name}-{datetime.date.today().isoformat()}.png"
             curves = held_out_curves(build_prior(model.prior_spec), trained_length(model), num_curves, seed)
             plot_examples(curves, examples, figure)
             print(f"example forecasts drawn in {figure}")
