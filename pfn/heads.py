@@ -27,6 +27,31 @@ def borders_from_samples(y: torch.Tensor, num_buckets: int) -> torch.Tensor:
     return borders.float()
 
 
+def rebucket_output_layer(
+    layer: nn.Linear, old_borders: torch.Tensor, new_borders: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of an output layer over `new_borders` that reproduces the bar distribution
+    `layer` gives over `old_borders`.
+
+    New bucket j copies the logits row of the old bucket holding its midpoint and adds the log of
+    the share of that bucket's mass that falls in j (its width over the old width, or the tail's
+    half-normal mass). Exact where new buckets nest inside old ones; a new bucket straddling an old
+    border takes the left/right mass as if both old buckets were equally likely.
+    """
+    old_borders, new_borders = old_borders.double(), new_borders.double()
+    num_old = len(old_borders) - 1
+    even = RiemannDistribution(torch.zeros(num_old, dtype=torch.float64), old_borders)  # 1/K per old bucket
+    inner_cdf = even.cdf(new_borders[1:-1])
+    zero, one = inner_cdf.new_zeros(1), inner_cdf.new_ones(1)
+    share = num_old * torch.diff(torch.cat([zero, inner_cdf, one]))  # [K_new]
+    midpoints = (new_borders[1:] + new_borders[:-1]) / 2
+    source = torch.searchsorted(old_borders[1:-1].contiguous(), midpoints.contiguous(), right=True)
+    tiny = torch.finfo(torch.float32).tiny
+    weight = layer.weight.detach()[source]
+    bias = layer.bias.detach()[source] + torch.log(share.clamp_min(tiny)).to(layer.bias.dtype)
+    return weight, bias
+
+
 class RiemannHead(nn.Module):
     """Regression head: logits over the buckets define a `RiemannDistribution`; loss = NLL."""
 

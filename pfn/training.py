@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pfn.config import Config
-from pfn.heads import borders_from_samples
+from pfn.heads import borders_from_samples, rebucket_output_layer
 from pfn.network import build_backbone, build_head
 from pfn.scaling import context_standardization
 from priors import Prior, build_prior
@@ -270,9 +270,10 @@ def initialize_from(module: PFNModule, name_or_path: str) -> dict[str, Any]:
     further (a new warm-up + cosine schedule) or to fine-tune it on another prior.
 
     Every `model.*` setting must match, except `num_buckets`: with another number of buckets the
-    output layer starts fresh and the borders are placed for this config; with the same number
-    the model's own borders are kept, since its output layer was trained on them. Returns what
-    was loaded, for the exported model's metadata.
+    borders are placed for this config and the output layer is rebuilt to give the model's own
+    predictive distribution on them (`rebucket_output_layer`); with the same number the model's
+    own borders are kept, since its output layer was trained on them. Returns what was loaded,
+    for the exported model's metadata.
     """
     from pfn.predictor import load
 
@@ -285,19 +286,28 @@ def initialize_from(module: PFNModule, name_or_path: str) -> dict[str, Any]:
     ]
     if differing:
         raise ValueError(f"train.init_from {name_or_path!r} has another architecture: {', '.join(differing)}")
-    state = source.backbone.state_dict()
-    fresh = [key for key, value in module.backbone.state_dict().items() if state[key].shape != value.shape]
-    keeps_borders = ours.model.head == "riemann" and not fresh
-    if keeps_borders and ours.data.standardize_y != theirs.data.standardize_y:
+    if ours.model.head == "riemann" and ours.data.standardize_y != theirs.data.standardize_y:
         raise ValueError(
             f"train.init_from {name_or_path!r} was trained with data.standardize_y={theirs.data.standardize_y}, "
             f"so its buckets are on another scale than data.standardize_y={ours.data.standardize_y} here"
         )
-    module.backbone.load_state_dict({key: value for key, value in state.items() if key not in fresh}, strict=False)
-    if keeps_borders:
+    state = source.backbone.state_dict()
+    resized = [key for key, value in module.backbone.state_dict().items() if state[key].shape != value.shape]
+    module.backbone.load_state_dict({key: value for key, value in state.items() if key not in resized}, strict=False)
+    if ours.model.head == "riemann" and not resized:
         module.head.borders.copy_(source.head.borders)  # `setup` keeps borders that are already set
-    print(f"initialised from {source.path}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
-    return {"path": str(source.path), "trained_steps": source.metadata.get("trained_steps"), "fresh": fresh}
+    elif ours.model.head == "riemann":
+        # New buckets: place them for this config, and start the output layer where it gives the
+        # model's own predictive distribution on them, so training continues rather than restarts.
+        borders = prior_borders(module.prior, ours)
+        module.head.borders.copy_(borders)
+        output = module.backbone.decoder[-1]
+        weight, bias = rebucket_output_layer(source.backbone.decoder[-1], source.head.borders, borders)
+        with torch.no_grad():
+            output.weight.copy_(weight)
+            output.bias.copy_(bias)
+    print(f"initialised from {source.path}" + (f"; rebucketed: {', '.join(resized)}" if resized else ""), flush=True)
+    return {"path": str(source.path), "trained_steps": source.metadata.get("trained_steps"), "rebucketed": resized}
 
 
 def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callback] | None = None) -> Path:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from pfn.distributions import RiemannDistribution
 from pfn.model import PFNTransformer
 
 
@@ -57,3 +58,18 @@ def test_fewer_features_are_padded_and_too_many_rejected(model):
     x_context, y_context, x_query = inputs(features=4)
     with pytest.raises(ValueError, match="at most 3"):
         model(x_context, y_context, x_query)
+
+
+def test_rebucketed_output_layer_gives_the_same_distribution():
+    from pfn.heads import rebucket_output_layer
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 10)
+    old_borders = torch.linspace(-3.0, 3.0, 11)
+    new_borders = torch.linspace(-3.0, 3.0, 41)  # every old bucket split in four
+    weight, bias = rebucket_output_layer(layer, old_borders, new_borders)
+    hidden = torch.randn(5, 8)
+    old = RiemannDistribution(layer(hidden).detach(), old_borders)
+    new = RiemannDistribution(hidden @ weight.T + bias, new_borders)
+    points = torch.linspace(-2.4, 2.4, 49)[:, None]  # beyond them the two tails have other shapes
+    assert torch.allclose(new.cdf(points), old.cdf(points), atol=1e-5)

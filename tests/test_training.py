@@ -8,7 +8,7 @@ import pfn
 from pfn.checkpoint import read_checkpoint
 from pfn.config import load_config
 from pfn.training import PFNModule, draw_training_batch, train
-from priors import build_prior
+from priors import GPPrior, build_prior
 from tests.conftest import ROOT, tiny_config
 
 
@@ -197,20 +197,28 @@ def test_init_from_starts_training_from_a_trained_model(tmp_path, tiny_model_pat
         assert torch.allclose(tuned.backbone.state_dict()[key], value, atol=1e-6), key
     assert tuned.metadata["initialized_from"]["trained_steps"] == source.metadata["trained_steps"]
 
-    # Another number of buckets: the output layer starts fresh, the rest is loaded.
+    # Another number of buckets: new borders, and an output layer rebuilt to give the model's own
+    # predictive on them, so the NLL is where it was (here 50 -> 200 buckets).
     path = train(
         tiny_config(
             tmp_path / "buckets",
-            "--train.init_from", str(tiny_model_path), "--model.num_buckets", "80",
+            "--train.init_from", str(tiny_model_path), "--model.num_buckets", "200",
             "--train.max_steps", "1", "--train.lr", "1e-12",
         )
     )  # fmt: skip
     rebucketed = pfn.load(path)
-    assert rebucketed.head.borders.shape == (81,)
-    fresh = rebucketed.metadata["initialized_from"]["fresh"]
-    assert fresh and all(key.startswith("decoder.") for key in fresh)
+    assert rebucketed.head.borders.shape == (201,)
+    resized = rebucketed.metadata["initialized_from"]["rebucketed"]
+    assert resized and all(key.startswith("decoder.") for key in resized)
     first_layer = "blocks.0.attention.query.weight"
     assert torch.allclose(rebucketed.backbone.state_dict()[first_layer], source.backbone.state_dict()[first_layer])
+    batch = GPPrior().sample(64, 20, 2, torch.Generator().manual_seed(5))
+    x_context, y_context, x_query, y_query = batch.x[:, :12], batch.y[:, :12], batch.x[:, 12:], batch.y[:, 12:]
+    nll = [
+        -model.predict(x_context, y_context, x_query, normalize=False).log_prob(y_query).mean().item()
+        for model in (source, rebucketed)
+    ]
+    assert nll[1] == pytest.approx(nll[0], abs=0.03)
 
 
 def test_init_from_refuses_another_architecture(tmp_path, tiny_model_path):
