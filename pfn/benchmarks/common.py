@@ -116,9 +116,21 @@ def machine(model: PFN) -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": platform.processor(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bfloat16_flags": cpu_bfloat16_flags(),  # what makes precision="bfloat16" fast on a CPU
         "torch_threads": torch.get_num_threads(),
         "device": str(model.device),
     }
+
+
+def cpu_bfloat16_flags() -> list[str]:
+    """The CPU's bfloat16 instruction sets (from /proc/cpuinfo on Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(text.split("flags", 1)[1].split("\n", 1)[0].split()) if "flags" in text else set()
+    return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 def write_results(name: str, result: dict[str, Any], table: str, description: str, out_dir: Path | None) -> None:
