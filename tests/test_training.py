@@ -182,16 +182,14 @@ def test_standardize_y_training_and_prediction_are_scale_equivariant(tmp_path):
 
 def test_init_from_starts_training_from_a_trained_model(tmp_path, tiny_model_path):
     source = pfn.load(tiny_model_path)
-    # Fine-tuning on another prior keeps the model's own borders (its output layer learned them);
-    # with a negligible learning rate one step leaves the weights where they were.
-    path = train(
-        tiny_config(
-            tmp_path / "same",
-            "--train.init_from", str(tiny_model_path), "--prior.lengthscale", "0.2",
-            "--train.max_steps", "1", "--train.lr", "1e-12",
-        )
-    )  # fmt: skip
-    tuned = pfn.load(path)
+
+    def one_negligible_step(name: str, *overrides: str) -> pfn.PFN:
+        """Start from the tiny model and take one step at a learning rate that moves nothing."""
+        init = ("--train.init_from", str(tiny_model_path), "--train.max_steps", "1", "--train.lr", "1e-12")
+        return pfn.load(train(tiny_config(tmp_path / name, *init, *overrides)))
+
+    # Fine-tuning on another prior keeps the model's own borders (its output layer learned them).
+    tuned = one_negligible_step("same", "--prior.lengthscale", "0.2")
     assert torch.equal(tuned.head.borders, source.head.borders)
     for key, value in source.backbone.state_dict().items():
         assert torch.allclose(tuned.backbone.state_dict()[key], value, atol=1e-6), key
@@ -199,14 +197,7 @@ def test_init_from_starts_training_from_a_trained_model(tmp_path, tiny_model_pat
 
     # Another number of buckets: new borders, and an output layer rebuilt to give the model's own
     # predictive on them, so the NLL is where it was (here 50 -> 200 buckets).
-    path = train(
-        tiny_config(
-            tmp_path / "buckets",
-            "--train.init_from", str(tiny_model_path), "--model.num_buckets", "200",
-            "--train.max_steps", "1", "--train.lr", "1e-12",
-        )
-    )  # fmt: skip
-    rebucketed = pfn.load(path)
+    rebucketed = one_negligible_step("buckets", "--model.num_buckets", "200")
     assert rebucketed.head.borders.shape == (201,)
     resized = rebucketed.metadata["initialized_from"]["rebucketed"]
     assert resized and all(key.startswith("decoder.") for key in resized)

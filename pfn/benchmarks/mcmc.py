@@ -271,10 +271,13 @@ def run_mcmc_bench(
     # Compile times of this run, or of the run that filled the cache when everything came from it.
     compile_seconds = {}
     for baseline in baselines:
+        name = f"compile/{baseline.name}"
         if baseline.compile_seconds > 0:
-            cache.put(f"compile/{baseline.name}", {"seconds": baseline.compile_seconds, "observed_sum": 0.0})
-        stored = cache.get(f"compile/{baseline.name}", torch.zeros(1))
-        compile_seconds[baseline.name] = stored["seconds"] if stored else baseline.compile_seconds
+            cache.put(name, {"seconds": baseline.compile_seconds})
+            compile_seconds[baseline.name] = baseline.compile_seconds
+        else:
+            stored = cache.get(name)
+            compile_seconds[baseline.name] = stored["seconds"] if stored else 0.0
     result = assemble_result(
         benchmark,
         model_name_or_path,

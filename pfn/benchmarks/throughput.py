@@ -370,6 +370,7 @@ class ThroughputWindow(L.Callback):
         self.result: dict[str, Any] | None = None
         self.sync_probe: dict[str, Any] | None = None
         self.profiler: torch.profiler.profile | None = None
+        self.profile_start, self.profile_from = 0.0, 0
         self.profile: dict[str, Any] | None = None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
