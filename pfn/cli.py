@@ -95,6 +95,7 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         "num_queries": args.queries or queries,
         "seed": args.seed,
         "out_dir": Path(args.out_dir),
+        "precision": args.precision,
     }
     if args.prior in ("bnn", "gp-hyper"):
         from pfn.benchmarks.mcmc import run_mcmc_bench
@@ -186,7 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--cutoffs", default="10,20,40", help="lc: observed epochs before extrapolating")
     bench.add_argument("--mcmc", default="100,2500,500,10", help="lc: MCMC-PP walkers,steps,burn_in,thin")
     bench.add_argument("--lc_device", default="cpu", help="lc: device of the PFN (MCMC-PP runs on the CPU)")
-    bench.add_argument("--precision", default="float32", help="lc: the PFN's precision, float32 or bfloat16")
+    bench.add_argument(
+        "--precision",
+        default="float32",
+        help="the PFN's precision, float32 or bfloat16 (fast on CPUs with AVX512-BF16 or AMX)",
+    )
     bench.add_argument(
         "--mcmc_cache", help="lc, bnn, gp-hyper: JSON file of MCMC results to reuse and extend (independent of the PFN)"
     )

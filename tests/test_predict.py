@@ -125,25 +125,13 @@ def test_cli_predict_writes_mean_and_quantiles(tmp_path, tiny_model_path, data):
     np.testing.assert_allclose(table["mean"], pfn.load(tiny_model_path).predict(x, y, xq).mean, rtol=1e-4)
 
 
+def bench_gp(model_path, out_dir, *extra: str) -> None:
+    args = ["--context", "0,4", "--features", "1,2", "--datasets", "8", "--queries", "3", "--out_dir", str(out_dir)]
+    main(["bench", "gp", "--model", str(model_path), *args, *extra])
+
+
 def test_cli_bench_writes_results(tmp_path, tiny_model_path, capsys):
-    main(
-        [
-            "bench",
-            "gp",
-            "--model",
-            str(tiny_model_path),
-            "--context",
-            "0,4",
-            "--features",
-            "1,2",
-            "--datasets",
-            "8",
-            "--queries",
-            "3",
-            "--out_dir",
-            str(tmp_path),
-        ]
-    )
+    bench_gp(tiny_model_path, tmp_path)
     [result_file] = tmp_path.glob("gp-*.json")
     result = json.loads(result_file.read_text())
     assert [row["context"] for row in result["summary"]] == [0, 4]
@@ -154,6 +142,19 @@ def test_cli_bench_writes_results(tmp_path, tiny_model_path, capsys):
     assert "| context |" in (tmp_path / result_file.with_suffix(".md").name).read_text()
     with pytest.raises(SystemExit, match="exceed the model's maximum"):
         main(["bench", "gp", "--model", str(tiny_model_path), "--features", "3", "--out_dir", str(tmp_path)])
+
+
+def test_cli_bench_in_bfloat16_scores_the_same_datasets(tmp_path, tiny_model_path):
+    bench_gp(tiny_model_path, tmp_path)
+    bench_gp(tiny_model_path, tmp_path, "--precision", "bfloat16")
+    [exact_file] = tmp_path.glob("gp-2*.json")
+    [fast_file] = tmp_path.glob("gp-bfloat16-*.json")  # its own files, next to the float32 ones
+    exact, fast = json.loads(exact_file.read_text()), json.loads(fast_file.read_text())
+    assert (exact["pfn_precision"], fast["pfn_precision"]) == ("float32", "bfloat16")
+    for row, fast_row in zip(exact["rows"], fast["rows"], strict=True):
+        assert fast_row["gp_nll"] == row["gp_nll"]  # same held-out datasets
+        assert fast_row["pfn_nll"] != row["pfn_nll"]  # the network really ran in bfloat16
+        assert fast_row["pfn_nll"] == pytest.approx(row["pfn_nll"], abs=0.05)
 
 
 def test_cli_train_rejects_a_typo(tmp_path):

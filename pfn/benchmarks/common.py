@@ -82,13 +82,15 @@ class ResultCache:
             partial.replace(self.path)  # atomic: a run stopped mid-write leaves the last complete file
 
 
-def load_for_bench(benchmark: str, model_name_or_path: str, seed: int, num_datasets: int, num_queries: int) -> PFN:
-    model = load(model_name_or_path)
+def load_for_bench(
+    benchmark: str, model_name_or_path: str, seed: int, num_datasets: int, num_queries: int, precision: str = "float32"
+) -> PFN:
+    model = load(model_name_or_path, precision=precision)
     if seed == model.config.seed:
         raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
     print(
         f"pfn bench {benchmark}: model {model_name_or_path} ({model}), {num_datasets} datasets x {num_queries} "
-        f"queries per cell, seed {seed}",
+        f"queries per cell, seed {seed}, {precision}",
         flush=True,
     )
     return model
@@ -132,6 +134,11 @@ def cpu_bfloat16_flags() -> list[str]:
         return []
     flags = set(text.split("flags", 1)[1].split("\n", 1)[0].split()) if "flags" in text else set()
     return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+
+
+def results_name(benchmark: str, precision: str) -> str:
+    """The stem of a run's result files: float32 runs keep the benchmark's name, others say their precision."""
+    return benchmark if precision == "float32" else f"{benchmark}-{precision}"
 
 
 def write_results(name: str, result: dict[str, Any], table: str, description: str, out_dir: Path | None) -> None:

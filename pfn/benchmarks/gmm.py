@@ -17,6 +17,7 @@ from pfn.benchmarks.common import (
     BENCH_STREAM,
     assemble_result,
     load_for_bench,
+    results_name,
     standard_error,
     timed,
     write_results,
@@ -160,8 +161,9 @@ def run_gmm_bench(
     seed: int = 12345,
     baselines: tuple[str, ...] = CLASSICAL,
     out_dir: Path | None = Path("benchmarks/results"),
+    precision: str = "float32",
 ) -> dict[str, Any]:
-    model = load_for_bench("gmm", model_name_or_path, seed, num_datasets, num_queries)
+    model = load_for_bench("gmm", model_name_or_path, seed, num_datasets, num_queries, precision)
     rows = gmm_bench_rows(model, contexts, features, num_datasets, num_queries, seed, baselines)
     result = assemble_result(
         "gmm",
@@ -172,6 +174,7 @@ def run_gmm_bench(
         queries_per_dataset=num_queries,
         seed=seed,
         classical_smoothing=SMOOTHING,
+        pfn_precision=precision,
     )
     summary, mean_difference = result["summary"], result["mean_difference"]
     description = (
@@ -180,6 +183,12 @@ def run_gmm_bench(
         f"count {features}, seed {seed}), averaged over feature counts. Classical baselines are mixed with "
         f"{SMOOTHING} of the uniform distribution. Mean PFN - exact CE: {mean_difference:+.4f} nats."
     )
-    write_results("gmm", result, markdown_table(summary, ["pfn", "exact", *baselines]), description, out_dir)
+    write_results(
+        results_name("gmm", precision),
+        result,
+        markdown_table(summary, ["pfn", "exact", *baselines]),
+        description,
+        out_dir,
+    )
     print(f"mean PFN - exact cross-entropy over context sizes: {mean_difference:+.4f} nats per query point")
     return result

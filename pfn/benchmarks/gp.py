@@ -10,6 +10,7 @@ from pfn.benchmarks.common import (
     BENCH_STREAM,
     assemble_result,
     load_for_bench,
+    results_name,
     standard_error,
     timed,
     write_results,
@@ -92,8 +93,9 @@ def run_gp_bench(
     num_queries: int = 10,
     seed: int = 12345,
     out_dir: Path | None = Path("benchmarks/results"),
+    precision: str = "float32",
 ) -> dict[str, Any]:
-    model = load_for_bench("gp", model_name_or_path, seed, num_datasets, num_queries)
+    model = load_for_bench("gp", model_name_or_path, seed, num_datasets, num_queries, precision)
     rows = gp_bench_rows(model, contexts, features, num_datasets, num_queries, seed)
     result = assemble_result(
         "gp",
@@ -103,6 +105,7 @@ def run_gp_bench(
         datasets_per_cell=num_datasets,
         queries_per_dataset=num_queries,
         seed=seed,
+        pfn_precision=precision,
     )
     summary, mean_difference = result["summary"], result["mean_difference"]
     mean_floor = sum(row["head_floor"] for row in summary) / len(summary)
@@ -114,6 +117,6 @@ def run_gp_bench(
         f"minus the exact GP; no network with these buckets can do better on average (mean over context sizes "
         f"{mean_floor:+.4f})."
     )
-    write_results("gp", result, markdown_table(summary), description, out_dir)
+    write_results(results_name("gp", precision), result, markdown_table(summary), description, out_dir)
     print(f"mean PFN - exact GP NLL over context sizes: {mean_difference:+.4f} nats per query point")
     return result

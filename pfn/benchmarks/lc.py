@@ -22,7 +22,15 @@ import torch
 from torch.distributions import Normal
 
 from pfn.baselines.mcmc_pp import MCMCSettings, mixture_quantile, sample_posterior
-from pfn.benchmarks.common import BENCH_STREAM, ResultCache, assemble_result, standard_error, timed, write_results
+from pfn.benchmarks.common import (
+    BENCH_STREAM,
+    ResultCache,
+    assemble_result,
+    results_name,
+    standard_error,
+    timed,
+    write_results,
+)
 from pfn.curves import predict_in_prior_units, trained_length
 from pfn.distributions import RiemannDistribution
 from pfn.predictor import PFN, load
@@ -270,7 +278,7 @@ def run_lc_bench(
     )
     result["examples"] = examples
     pfn_clock = "cpu_seconds" if model.device.type == "cpu" else "seconds"
-    name = "lc" if precision == "float32" else f"lc-{precision}"
+    name = results_name("lc", precision)
     write_results(name, result, markdown_table(rows, pfn_clock), description, out_dir)
     if out_dir is not None:
         try:

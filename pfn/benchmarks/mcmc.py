@@ -23,6 +23,7 @@ from pfn.benchmarks.common import (
     ResultCache,
     assemble_result,
     load_for_bench,
+    results_name,
     standard_error,
     timed,
     write_results,
@@ -237,6 +238,7 @@ def run_mcmc_bench(
     plot: bool = False,
     out_dir: Path | None = Path("benchmarks/results"),
     nuts_cache: Path | None = None,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """`nuts_cache`: a JSON file of NUTS results to reuse and extend (they do not depend on the
     PFN, so benchmarking another checkpoint of the same prior skips the hours of sampling)."""
@@ -244,7 +246,7 @@ def run_mcmc_bench(
         raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARK_CONFIGS)}")
     if not budgets or any(b < 2 for b in budgets):
         raise ValueError(f"budgets must be integers >= 2 (NUTS iterations per chain), got {list(budgets)}")
-    model = load_for_bench(benchmark, model_name_or_path, seed, num_datasets, num_queries)
+    model = load_for_bench(benchmark, model_name_or_path, seed, num_datasets, num_queries, precision)
     prior = benchmark_prior(benchmark, model, force)
     budgets = sorted(budgets)
     baselines = make_baselines(prior, budgets, num_chains, max_tree_depth, pad_to=max(contexts))
@@ -288,6 +290,7 @@ def run_mcmc_bench(
         datasets_per_cell=num_datasets,
         queries_per_dataset=num_queries,
         seed=seed,
+        pfn_precision=precision,
         nuts={
             "budgets": budgets,
             "chains": num_chains,
@@ -302,7 +305,7 @@ def run_mcmc_bench(
         f"iterations per chain (half warm-up), {num_chains} chains, max tree depth {max_tree_depth}. "
         f"Mean PFN - NUTS-{budgets[-1]} NLL over context sizes: {result['mean_difference']:+.4f} nats per point."
     )
-    name = benchmark
+    name = results_name(benchmark, precision)
     write_results(name, result, markdown_tables(result["summary"]), description, out_dir)
     if plot and out_dir is not None:
         from pfn.benchmarks.mcmc_plot import plot_results
