@@ -51,6 +51,53 @@ def janoschek(
     return a - (a - beta) * torch.exp(-k * t**delta)
 
 
+# The other families of Domhan et al. (2015), Table 1 (LC-PFN uses only the three above).
+
+
+def vapor_pressure(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """exp(a + b / t + c ln t)."""
+    return torch.exp(a + b / t + c * torch.log(t))
+
+
+def loglog_linear(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """ln(a ln t + b)."""
+    return torch.log(a * torch.log(t) + b)
+
+
+def hill3(t: torch.Tensor, y_max: torch.Tensor, eta: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+    """y_max t^eta / (kappa^eta + t^eta): a Hill curve, half of y_max at t = kappa."""
+    return y_max * t**eta / (kappa**eta + t**eta)
+
+
+def log_power(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """a / (1 + (t / e^b)^c): increasing towards a for c < 0."""
+    return a / (1 + (t / torch.exp(b)) ** c)
+
+
+def pow4(t: torch.Tensor, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """c - (a t + b)^-alpha."""
+    return c - (a * t + b) ** (-alpha)
+
+
+def mmf(
+    t: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, kappa: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
+    """alpha - (alpha - beta) / (1 + (kappa t)^delta): Morgan-Mercer-Flodin, from beta towards alpha."""
+    return alpha - (alpha - beta) / (1 + (kappa * t) ** delta)
+
+
+def exp4(t: torch.Tensor, c: torch.Tensor, a: torch.Tensor, alpha: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """c - exp(-a t^alpha + b)."""
+    return c - torch.exp(-a * t**alpha + b)
+
+
+def weibull(
+    t: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, kappa: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
+    """alpha - (alpha - beta) exp(-(kappa t)^delta): from beta towards alpha."""
+    return alpha - (alpha - beta) * torch.exp(-((kappa * t) ** delta))
+
+
 # Parameter priors. Their fields may also be tuples (one value per column), which lets
 # `CurveModel.log_prior` score all columns of one kind in a single vectorised call.
 
@@ -95,13 +142,48 @@ class CurveFamily:
 
 
 FAMILIES: dict[str, CurveFamily] = {
+    # LC-PFN's families and its "peaked" parameter priors.
     "pow3": CurveFamily(pow3, {"c": Uniform(0.0, 1.25), "a": Uniform(-0.6, 0.6), "alpha": LogNormal(0.0, 2.0)}),
     "ilog2": CurveFamily(ilog2, {"c": Uniform(0.0, 1.0), "a": Uniform(-0.5, 0.5)}),
     "janoschek": CurveFamily(
         janoschek,
         {"a": Uniform(0.0, 1.0), "beta": Uniform(0.0, 2.0), "k": LogNormal(-2.0, 1.0), "delta": LogNormal(0.0, 0.5)},
     ),
+    # Domhan et al.'s other families. Neither paper gives priors for them; ours are chosen in the
+    # same spirit (asymptotes and start values in [0, 1], rates log-normal) so that alone, over
+    # 100 epochs, 30-100% of draws pass the constraints, with a median rise of 0.2-0.35 that is
+    # half done within 2-9 epochs (the median of the LC-PFN families: 2-5 epochs).
+    "vap": CurveFamily(vapor_pressure, {"a": Uniform(-1.5, 0.0), "b": Uniform(-1.5, 0.0), "c": Uniform(-0.1, 0.1)}),
+    "loglog_linear": CurveFamily(loglog_linear, {"a": LogNormal(-2.0, 1.0), "b": Uniform(1.0, math.e)}),
+    "hill3": CurveFamily(hill3, {"y_max": Uniform(0.0, 1.0), "eta": LogNormal(0.0, 0.5), "kappa": LogNormal(1.5, 1.0)}),
+    "log_power": CurveFamily(log_power, {"a": Uniform(0.0, 1.0), "b": Uniform(0.0, 4.0), "c": Uniform(-2.0, 0.0)}),
+    "pow4": CurveFamily(
+        pow4,
+        {"c": Uniform(0.0, 1.25), "a": LogNormal(-1.0, 1.0), "b": LogNormal(0.0, 1.0), "alpha": LogNormal(-0.5, 1.0)},
+    ),
+    "mmf": CurveFamily(
+        mmf,
+        {
+            "alpha": Uniform(0.0, 1.0),
+            "beta": Uniform(0.0, 1.0),
+            "kappa": LogNormal(-2.0, 1.0),
+            "delta": LogNormal(0.0, 0.5),
+        },
+    ),
+    "exp4": CurveFamily(
+        exp4, {"c": Uniform(0.0, 1.0), "a": LogNormal(-2.0, 1.0), "alpha": LogNormal(0.0, 0.5), "b": Uniform(-2.0, 0.0)}
+    ),
+    "weibull": CurveFamily(
+        weibull,
+        {
+            "alpha": Uniform(0.0, 1.0),
+            "beta": Uniform(0.0, 1.0),
+            "kappa": LogNormal(-2.5, 1.0),
+            "delta": LogNormal(0.0, 0.5),
+        },
+    ),
 }
+LC_PFN_FAMILIES = ("pow3", "ilog2", "janoschek")
 WEIGHT_PRIOR = Uniform(0.0, 1.0)
 DEFAULT_NOISE_STD = {"distribution": "lognormal", "loc": -4.0, "scale": 1.0}  # log sigma ~ N(-4, 1)
 
@@ -111,10 +193,12 @@ class CurveModel:
 
     The vector holds, per family in order, its weight then its parameters
     (`parameter_names` spells them out, e.g. "pow3.weight", "pow3.c", ...). Everything is
-    batched over leading rows: `theta` is [n, num_parameters].
+    batched over leading rows: `theta` is [n, num_parameters]. With `normalize_weights` the
+    curve divides by the sum of the weights (a weighted mean of the families, which stays in
+    [0, 1] however many families are summed); LC-PFN does not normalise.
     """
 
-    def __init__(self, families: Sequence[str] = ("pow3", "ilog2", "janoschek")) -> None:
+    def __init__(self, families: Sequence[str] = LC_PFN_FAMILIES, normalize_weights: bool = False) -> None:
         families = list(families)
         if not families:
             raise ValueError("families must name at least one curve family")
@@ -124,6 +208,7 @@ class CurveModel:
         if len(set(families)) != len(families):
             raise ValueError(f"families must not repeat a family, got {families}")
         self.families = families
+        self.normalize_weights = normalize_weights
         self.parameter_names = [
             f"{name}.{parameter}" for name in families for parameter in ("weight", *FAMILIES[name].parameters)
         ]
@@ -150,15 +235,16 @@ class CurveModel:
 
     def curves(self, theta: torch.Tensor, epochs: torch.Tensor) -> torch.Tensor:
         """Noiseless curves [n, len(epochs)] at the given epochs (>= 1)."""
-        total = 0.0
+        total, total_weight = 0.0, 0.0
         column = 0
         for name in self.families:
             family = FAMILIES[name]
             weight = theta[..., column, None]
             parameters = theta[..., column + 1 : column + 1 + len(family.parameters), None].unbind(-2)
             total = total + weight * family.formula(epochs, *parameters)
+            total_weight = total_weight + weight
             column += 1 + len(family.parameters)
-        return total
+        return total / total_weight if self.normalize_weights else total
 
     @staticmethod
     def satisfies_constraints(curves: torch.Tensor) -> torch.Tensor:
@@ -183,9 +269,14 @@ class LearningCurvePrior(Prior):
     """Learning curves as LC-PFN defines them; one curve of T = num_points epochs per dataset.
 
     Args:
-        families: curve families to sum, any of "pow3", "ilog2", "janoschek".
+        families: curve families to sum: LC-PFN's "pow3", "ilog2", "janoschek" (the default)
+            and any of Domhan et al.'s others, "vap", "loglog_linear", "hill3", "log_power",
+            "pow4", "mmf", "exp4", "weibull" (see FAMILIES for their parameter priors).
         noise_std: standard deviation of the observation noise, a number or a hyperprior;
             by default log sigma ~ N(-4, 1).
+        normalize_weights: divide each curve by the sum of its family weights. Unnormalised
+            sums of many families mostly leave [0, 1] and are rejected (all eleven: about 1 draw
+            in 750 passes, against 9 in 10 normalised).
     """
 
     # Candidates drawn per curve still needed, in each round of rejection: about 1 in 5 curves
@@ -195,14 +286,21 @@ class LearningCurvePrior(Prior):
 
     def __init__(
         self,
-        families: Sequence[str] = ("pow3", "ilog2", "janoschek"),
+        families: Sequence[str] = LC_PFN_FAMILIES,
         noise_std: Hyperparameter = DEFAULT_NOISE_STD,
+        normalize_weights: bool = False,
     ) -> None:
         check_hyperparameter("noise_std", noise_std)
+        if not isinstance(normalize_weights, bool):
+            raise ValueError(f"normalize_weights must be true or false, got {normalize_weights!r}")
         families = list(families)
         noise_std = dict(noise_std) if isinstance(noise_std, dict) else noise_std
-        self.model = CurveModel(families)
-        super().__init__(families=families, noise_std=noise_std)
+        self.model = CurveModel(families, normalize_weights)
+        # normalize_weights joins the spec only when on, so the specs of earlier models (and the
+        # benchmark caches keyed by them) stay as they were.
+        super().__init__(
+            families=families, noise_std=noise_std, **({"normalize_weights": True} if normalize_weights else {})
+        )
         self.noise_std = noise_std
 
     def draw(

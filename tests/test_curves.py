@@ -153,6 +153,20 @@ def test_mcmc_pp_recovers_a_noiseless_pow3_curve():
     assert final.item() == pytest.approx(curve[-1].item(), abs=0.01)
 
 
+def test_mcmc_pp_extrapolates_a_noiseless_weibull_curve():
+    # Domhan et al.'s other families go through the same sampler (the prior's own CurveModel).
+    pytest.importorskip("emcee")
+    from pfn.baselines.mcmc_pp import sample_posterior
+
+    prior = LearningCurvePrior(families=["weibull"], noise_std=1e-3)
+    truth = torch.tensor([[1.0, 0.8, 0.2, 0.1, 1.0]], dtype=torch.float64)  # weight, alpha, beta, kappa, delta
+    epochs = torch.arange(1, 101, dtype=torch.float64)
+    curve = prior.model.curves(truth, epochs)[0]
+    posterior = sample_posterior(prior, curve[:30], 100, seed=0, settings=MCMCSettings(32, 800, 400, 5))
+    final = mixture_quantile(posterior.predictive(epochs[-1:]), 0.5)
+    assert final.item() == pytest.approx(curve[-1].item(), abs=0.01)
+
+
 def test_posterior_rejects_curves_that_break_the_constraints():
     prior = LearningCurvePrior(families=["pow3"])
     posterior = LearningCurvePosterior(prior, torch.tensor([0.3, 0.4]), 100)

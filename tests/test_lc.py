@@ -9,7 +9,23 @@ import torch
 from pfn.config import load_config
 from pfn.training import draw_training_batch
 from priors import LearningCurvePrior, build_prior
-from priors.lc import FAMILIES, CurveModel, LogNormal, Uniform, ilog2, janoschek, pow3
+from priors.lc import (
+    FAMILIES,
+    CurveModel,
+    LogNormal,
+    Uniform,
+    exp4,
+    hill3,
+    ilog2,
+    janoschek,
+    log_power,
+    loglog_linear,
+    mmf,
+    pow3,
+    pow4,
+    vapor_pressure,
+    weibull,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +66,54 @@ def test_family_formulas_against_hand_computed_values():
     expected = [0.9 - 0.8 * math.exp(-0.5 * v) for v in (1, 4, 9)]
     args = [torch.tensor(v) for v in (0.9, 0.1, 0.5, 1.0)]
     assert torch.allclose(janoschek(t, *args), t.new_tensor(expected))
+
+
+def test_domhan_family_formulas_against_hand_computed_values():
+    t = torch.tensor([1.0, 4.0], dtype=torch.float64)
+
+    def at(formula, *parameters: float) -> list[float]:
+        return formula(t, *(torch.tensor(v, dtype=torch.float64) for v in parameters)).tolist()
+
+    # Domhan et al. (2015), Table 1, evaluated by hand at t = 1 and t = 4.
+    assert at(vapor_pressure, -0.5, -1.0, 0.1) == pytest.approx(
+        [math.exp(-1.5), math.exp(-0.5 - 0.25 + 0.1 * math.log(4))]
+    )
+    assert at(loglog_linear, 0.5, 1.5) == pytest.approx([math.log(1.5), math.log(0.5 * math.log(4) + 1.5)])
+    assert at(hill3, 0.8, 2.0, 2.0) == pytest.approx([0.8 * 1 / 5, 0.8 * 16 / 20])
+    assert at(log_power, 0.9, 1.0, -2.0) == pytest.approx([0.9 / (1 + math.e**2), 0.9 / (1 + (4 / math.e) ** -2)])
+    assert at(pow4, 0.9, 0.5, 1.0, 2.0) == pytest.approx([0.9 - 1.5**-2, 0.9 - 3.0**-2])
+    assert at(mmf, 0.9, 0.1, 0.5, 2.0) == pytest.approx([0.9 - 0.8 / 1.25, 0.9 - 0.8 / 5])
+    assert at(exp4, 0.9, 0.5, 0.5, -1.0) == pytest.approx([0.9 - math.exp(-1.5), 0.9 - math.exp(-2.0)])
+    assert at(weibull, 0.9, 0.1, 0.5, 2.0) == pytest.approx([0.9 - 0.8 * math.exp(-0.25), 0.9 - 0.8 * math.exp(-4)])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_alone_gives_valid_curves_often_enough(family):
+    model = CurveModel([family])
+    epochs = torch.arange(1, 101, dtype=torch.float64)
+    passed = model.satisfies_constraints(model.curves(model.sample_parameters(4000, generator(2)), epochs))
+    assert 0.2 < passed.double().mean() <= 1.0  # rejection stays cheap with any single family
+    draw = LearningCurvePrior([family]).draw(64, 100, generator(3))
+    assert draw.curves.min() >= 0 and draw.curves.max() <= 1 and (draw.curves[:, -1] > draw.curves[:, 0]).all()
+    assert torch.isfinite(model.log_prior(draw.theta)).all()
+
+
+def test_normalized_weights_average_the_families():
+    model = CurveModel(["pow3", "ilog2"], normalize_weights=True)
+    theta = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.25, 0.8, 0.2]], dtype=torch.float64)
+    t = torch.tensor([4.0], dtype=torch.float64)
+    expected = (0.5 * 0.65 + 0.25 * (0.8 - 0.2 / math.log(5))) / 0.75
+    assert model.curves(theta, t).item() == pytest.approx(expected)
+    # All eleven families: unnormalised sums almost never stay in [0, 1]; normalised ones do.
+    every = sorted(FAMILIES)
+    with pytest.raises(RuntimeError, match="passed the constraints"):
+        LearningCurvePrior(every).draw(256, 100, generator(0))
+    prior = LearningCurvePrior(every, normalize_weights=True)
+    draw = prior.draw(256, 100, generator(0))
+    assert draw.theta.shape == (256, CurveModel(every).num_parameters)
+    assert torch.allclose(prior.model.curves(draw.theta, draw.epochs), draw.curves)
+    assert prior.spec["normalize_weights"] is True and build_prior(prior.spec).model.normalize_weights
+    assert "normalize_weights" not in LearningCurvePrior().spec  # earlier models' specs are unchanged
 
 
 def test_weighted_sum_uses_the_parameter_layout():
@@ -97,13 +161,15 @@ def test_configurable_families_and_noise():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="unknown curve family 'pow4'"):
-        LearningCurvePrior(families=["pow4"])
+    with pytest.raises(ValueError, match="unknown curve family 'pow5'"):
+        LearningCurvePrior(families=["pow5"])
+    with pytest.raises(ValueError, match="normalize_weights must be true or false"):
+        LearningCurvePrior(normalize_weights="yes")
     with pytest.raises(ValueError, match="noise_std"):
         LearningCurvePrior(noise_std=-1.0)
     with pytest.raises(ValueError, match="num_features=2"):
         LearningCurvePrior().sample(2, 10, 2, generator(0))
-    assert set(FAMILIES) == {"pow3", "ilog2", "janoschek"}
+    assert LearningCurvePrior().model.families == ["pow3", "ilog2", "janoschek"]  # LC-PFN's, by default
 
 
 def test_training_batches_from_the_lc_config():
