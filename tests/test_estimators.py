@@ -196,6 +196,8 @@ def test_bad_inputs_get_clear_errors(tiny_regressor, tiny_classifier, regression
         PFNRegressor(tiny_regressor, n_ensemble=0).fit(X, y)
     with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
         PFNRegressor(tiny_regressor, chunk_size=0).fit(X, y)
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+        PFNRegressor(tiny_regressor, precision="float16").fit(X, y)
     with pytest.raises(ValueError, match="point_estimate must be 'mean' or 'median'"):
         PFNRegressor(tiny_regressor, point_estimate="mode").fit(X, y)
     with pytest.raises(ValueError, match="device must be"):
@@ -213,6 +215,20 @@ def test_bad_inputs_get_clear_errors(tiny_regressor, tiny_classifier, regression
         fitted.predict(np.where(X_test > 0.9, np.nan, X_test))
     with pytest.raises(ValueError, match="quantiles must be levels strictly between 0 and 1"):
         fitted.predict_quantiles(X_test, quantiles=(0.5, 1.0))
+
+
+def test_bfloat16_estimators_predict_nearly_the_same(tiny_regressor, tiny_classifier, regression_data):
+    X, y, X_test, _ = regression_data
+    exact, fast = (PFNRegressor(tiny_regressor, precision=p).fit(X, y) for p in ("float32", "bfloat16"))
+    assert fast.model_.precision == "bfloat16" and exact.model_.precision == "float32"  # not one cached model
+    difference = np.abs(fast.predict(X_test) - exact.predict(X_test))
+    assert 0 < difference.max() < 0.05 * y.std()
+    labels = (X[:, 0] > 0.5).astype(int)
+    probabilities = [
+        PFNClassifier(tiny_classifier, precision=p).fit(X, labels).predict_proba(X_test)
+        for p in ("float32", "bfloat16")
+    ]
+    np.testing.assert_allclose(probabilities[1], probabilities[0], atol=0.02)
 
 
 def test_a_context_longer_than_trained_warns_with_the_trained_length(tiny_regressor):
