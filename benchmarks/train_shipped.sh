@@ -3,6 +3,8 @@
 #
 #   OUT=runs/shipped bash benchmarks/train_shipped.sh [TOTAL_SECONDS] [MODELS...]
 #   EXTRA_ARGS="--train.init_from gp" bash benchmarks/train_shipped.sh 530 gp   # continue a shipped model
+#   EXTRA_ARGS_gp="--train.init_from gp --train.lr 2e-4" EXTRA_ARGS_bnn="--train.init_from bnn" \
+#       bash benchmarks/train_shipped.sh 530 gp bnn gp_hyper   # per-model arguments (after EXTRA_ARGS)
 #
 # The throughput benchmark runs first, alone on the GPU, so its figures are clean. Then all
 # models train at the same time, one process each (small models leave a GPU mostly idle, so
@@ -44,6 +46,11 @@ ELAPSED=$(( $(date +%s) - START ))
 MINUTES=$(python3 -c "print(max(1.0, ($TOTAL_SECONDS - $ELAPSED - 75) / 60 / 1.05 - 0.5))")
 echo "throughput done after ${ELAPSED}s; training ${MODELS[*]} for ${MINUTES} min each"
 
+model_args() {  # the value of EXTRA_ARGS_<name>, if set
+    local variable="EXTRA_ARGS_$1"
+    echo "${!variable:-}"
+}
+
 for name in "${MODELS[@]}"; do
     if [ ! -f "configs/$name.yaml" ]; then
         echo "skipping $name: configs/$name.yaml not found"
@@ -53,7 +60,7 @@ for name in "${MODELS[@]}"; do
     OMP_NUM_THREADS=2 python3 -m pfn.cli train --config "configs/$name.yaml" \
         --train.max_minutes "$MINUTES" --train.max_steps 1000000 --train.export_dtype float16 \
         --train.checkpoint_every 2000 --train.progress_bar false --train.output_dir "runs/$name" \
-        ${EXTRA_ARGS:-} > "$LOGS/$name.log" 2>&1 &
+        ${EXTRA_ARGS:-} $(model_args "$name") > "$LOGS/$name.log" 2>&1 &
 done
 wait
 
