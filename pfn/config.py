@@ -46,6 +46,11 @@ class DataConfig:
     # standardised units and predictions are mapped back to the caller's units.
     standardize_y: bool = False
     prefetch: bool = False  # CUDA: draw the next batch on a side stream while the current step runs
+    # Which stream of training batches: batch `step` of process `rank` is drawn from the seeds
+    # (seed, rank, step) in stream 0 and (seed, rank, step, stream) in stream s > 0. With
+    # train.init_from a run moves on to the source model's stream + 1 (same seed), so a continued
+    # model trains on datasets it has not seen.
+    stream: int = 0
 
     @property
     def longest_context(self) -> int:
@@ -121,6 +126,8 @@ class Config:
                 "need 0 <= data.min_context <= data.max_context <= data.num_points - 1 "
                 f"(got {self.data.min_context}, {max_context}, {self.data.num_points})"
             )
+        if self.data.stream < 0:
+            raise ValueError(f"data.stream must be >= 0, got {self.data.stream}")
         if self.train.max_steps < 1 or self.train.checkpoint_every < 1:
             raise ValueError("train.max_steps and train.checkpoint_every must be >= 1")
         if self.data.standardize_y and self.model.head != "riemann":

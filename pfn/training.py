@@ -8,12 +8,13 @@ the head and knows the loss; the Lightning `Trainer` runs the loop.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -25,6 +26,9 @@ from pfn.heads import borders_from_samples, rebucket_output_layer
 from pfn.network import build_backbone, build_head
 from pfn.scaling import context_standardization
 from priors import Prior, build_prior
+
+if TYPE_CHECKING:
+    from pfn.predictor import PFN
 
 
 def seeded_generators(
@@ -43,7 +47,10 @@ def draw_training_batch(
 ) -> dict[str, Any]:
     """Batch number `step` for process `rank`: datasets plus how many points are context."""
     data = config.data
-    structure, generator = seeded_generators(config.seed, rank, step, device=device)
+    # Stream 0 keeps the seeds of the runs made before streams existed. (Appending a 0 instead
+    # would not help: trailing zeros do not change what a numpy SeedSequence generates.)
+    stream = (data.stream,) if data.stream else ()
+    structure, generator = seeded_generators(config.seed, rank, step, *stream, device=device)
     num_features, num_context = draw_batch_shape(config, structure)
     batch = prior.sample(data.batch_size, data.num_points, num_features, generator, device)
     return {"x": batch.x, "y": batch.y, "num_context": num_context}
@@ -265,7 +272,18 @@ def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L
     )
 
 
-def initialize_from(module: PFNModule, name_or_path: str) -> dict[str, Any]:
+def next_stream(config: Config, source: Config) -> Config:
+    """`config`, moved past the source model's stream of training batches when it would repeat it
+    (same seed, a stream not after the source's), so a continued model sees new datasets."""
+    if config.seed != source.seed or config.data.stream > source.data.stream:
+        return config
+    moved = copy.deepcopy(config)
+    moved.data.stream = source.data.stream + 1
+    print(f"train.init_from: drawing data.stream {moved.data.stream}, after the source model's", flush=True)
+    return moved
+
+
+def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     """Copy a trained model's weights into `module` before training: to train a shipped model
     further (a new warm-up + cosine schedule) or to fine-tune it on another prior.
 
@@ -275,10 +293,8 @@ def initialize_from(module: PFNModule, name_or_path: str) -> dict[str, Any]:
     own borders are kept, since its output layer was trained on them. Returns what was loaded,
     for the exported model's metadata.
     """
-    from pfn.predictor import load
-
-    source = load(name_or_path)
     ours, theirs = module.config, source.config
+    name_or_path = ours.train.init_from  # as the user wrote it, for the error messages
     differing = [
         f"model.{field.name} ({getattr(theirs.model, field.name)!r} there, {getattr(ours.model, field.name)!r} here)"
         for field in dataclasses.fields(ours.model)
@@ -313,14 +329,18 @@ def initialize_from(module: PFNModule, name_or_path: str) -> dict[str, Any]:
 def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callback] | None = None) -> Path:
     """Train from a config (resuming from `ckpt_path`, e.g. "last"); returns the exported model file."""
     from pfn.checkpoint import save_model
+    from pfn.predictor import load
 
+    source = load(config.train.init_from) if config.train.init_from is not None else None
+    if source is not None:
+        config = next_stream(config, source.config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     trainer = make_trainer(config, callbacks)
     module = PFNModule(config.to_dict())
     metadata: dict[str, Any] = {}
-    if config.train.init_from is not None:
+    if source is not None:
         # On resume, Lightning then restores the run's own checkpoint over these weights.
-        metadata["initialized_from"] = initialize_from(module, config.train.init_from)
+        metadata["initialized_from"] = initialize_from(module, source)
     if config.train.compile:
         module.backbone = torch.compile(module.backbone)
     trainer.fit(module, datamodule=PriorDataModule(config), ckpt_path=ckpt_path)

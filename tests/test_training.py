@@ -7,7 +7,7 @@ import torch
 import pfn
 from pfn.checkpoint import read_checkpoint
 from pfn.config import load_config
-from pfn.training import PFNModule, draw_training_batch, train
+from pfn.training import PFNModule, draw_training_batch, next_stream, train
 from priors import GPPrior, build_prior
 from tests.conftest import ROOT, tiny_config
 
@@ -210,6 +210,21 @@ def test_init_from_starts_training_from_a_trained_model(tmp_path, tiny_model_pat
         for model in (source, rebucketed)
     ]
     assert nll[1] == pytest.approx(nll[0], abs=0.03)
+
+
+def test_init_from_trains_on_new_datasets(tmp_path, tiny_model_path):
+    source = pfn.load(tiny_model_path)
+    config = tiny_config(tmp_path / "next", "--train.init_from", str(tiny_model_path), "--train.max_steps", "1")
+    moved = next_stream(config, source.config)
+    assert (source.config.data.stream, moved.data.stream, config.data.stream) == (0, 1, 0)
+    assert not torch.equal(draw_training_batch(build_prior(config.prior), config, 0)["y"],
+                           draw_training_batch(build_prior(config.prior), moved, 0)["y"])  # fmt: skip
+    again = next_stream(moved, moved)  # a continuation of the continuation moves on again
+    assert again.data.stream == 2
+    assert next_stream(tiny_config(tmp_path / "s", "--seed", "7"), source.config).data.stream == 0  # other seed
+    # Through `train`: the exported config records the stream, so `pfn train` with it reproduces the run.
+    continued = pfn.load(train(config))
+    assert continued.config.data.stream == 1
 
 
 def test_init_from_refuses_another_architecture(tmp_path, tiny_model_path):
