@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Iterator
@@ -323,7 +324,13 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
             output.weight.copy_(weight)
             output.bias.copy_(bias)
     print(f"initialised from {source.path}" + (f"; rebucketed: {', '.join(resized)}" if resized else ""), flush=True)
-    return {"path": str(source.path), "trained_steps": source.metadata.get("trained_steps"), "rebucketed": resized}
+    return {
+        "path": str(source.path),
+        # A shipped name later points to a newer file; the digest says which one this started from.
+        "sha256": hashlib.sha256(Path(source.path).read_bytes()).hexdigest(),
+        "trained_steps": source.metadata.get("trained_steps"),
+        "rebucketed": resized,
+    }
 
 
 def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callback] | None = None) -> Path:

@@ -1,5 +1,7 @@
 """Training: loss falls, resuming loses no steps, configs are checked, checkpoints round-trip."""
 
+import hashlib
+
 import lightning as L
 import pytest
 import torch
@@ -194,6 +196,7 @@ def test_init_from_starts_training_from_a_trained_model(tmp_path, tiny_model_pat
     for key, value in source.backbone.state_dict().items():
         assert torch.allclose(tuned.backbone.state_dict()[key], value, atol=1e-6), key
     assert tuned.metadata["initialized_from"]["trained_steps"] == source.metadata["trained_steps"]
+    assert tuned.metadata["initialized_from"]["sha256"] == hashlib.sha256(tiny_model_path.read_bytes()).hexdigest()
 
     # Another number of buckets: new borders, and an output layer rebuilt to give the model's own
     # predictive on them, so the NLL is where it was (here 50 -> 200 buckets).
