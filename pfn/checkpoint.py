@@ -6,6 +6,7 @@ The file is a `torch.save` of plain data (strings, numbers, tensors), read back 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ class CheckpointError(ValueError):
 
 
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex digest of a file: what a model card and a continued model's metadata record of it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_model(module, path: str | Path, weights_dtype: str = "float32", **metadata: Any) -> Path:

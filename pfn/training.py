@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from pfn.checkpoint import file_sha256
 from pfn.config import Config
 from pfn.heads import borders_from_samples, rebucket_output_layer
 from pfn.network import build_backbone, build_head
@@ -327,7 +327,7 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     return {
         "path": str(source.path),
         # A shipped name later points to a newer file; the digest says which one this started from.
-        "sha256": hashlib.sha256(Path(source.path).read_bytes()).hexdigest(),
+        "sha256": file_sha256(source.path),
         "trained_steps": source.metadata.get("trained_steps"),
         "rebucketed": resized,
     }

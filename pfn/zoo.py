@@ -16,7 +16,6 @@ A card is built from two sources, both offline:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from pfn.checkpoint import CHECKPOINT_DIR, CheckpointError, read_checkpoint, resolve_checkpoint
+from pfn.checkpoint import CHECKPOINT_DIR, CheckpointError, file_sha256, read_checkpoint, resolve_checkpoint
 from pfn.config import Config
 
 CARD_KEYS = ("description", "trained_on", "benchmark", "command", "sha256")
@@ -127,7 +126,7 @@ def model_card(name_or_path: str | Path) -> ModelCard:
     metadata = dict(payload.get("metadata") or {})
     trained_steps = metadata.pop("trained_steps", None)
     card = _read_card_file(path.with_suffix(".json"))
-    stale = "sha256" in card and card.pop("sha256") != hashlib.sha256(path.read_bytes()).hexdigest()
+    stale = "sha256" in card and card.pop("sha256") != file_sha256(path)
     if stale:  # keep only what does not depend on the weights
         card = {key: value for key, value in card.items() if key == "description"}
     classification = model.head == "categorical"

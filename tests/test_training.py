@@ -105,6 +105,8 @@ def test_config_values_are_type_checked():
         load_config(None, ["--data.standardize_y", "true", "--model.head", "categorical"])
     with pytest.raises(ValueError, match="train.export_dtype must be one of float32, float16"):
         load_config(None, ["--train.export_dtype", "bfloat16"])
+    with pytest.raises(ValueError, match="data.stream must be >= 0, got -1"):
+        load_config(None, ["--data.stream", "-1"])
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
