@@ -31,6 +31,12 @@ class ModelConfig:
     head: str = "riemann"  # "riemann" (regression) or "categorical" (classification)
     num_buckets: int = 1000  # riemann head: buckets of the output distribution
     num_classes: int = 10  # categorical head: labels 0..num_classes-1
+    # The decoder also predicts, per query point, an inverse temperature that scales its logits.
+    # A sharp predictive (a GP with noise variance 1e-4 in one feature: std 0.01 on targets of
+    # scale 1) otherwise needs logits spanning thousands of nats from an output layer that
+    # learns them slowly; the shipped gp model's logits spanned ~50 and its predictive std was
+    # 2-2.5x the exact GP's in one feature although its median was within 0.1-0.3 std.
+    learned_temperature: bool = False
 
 
 @dataclass
@@ -130,6 +136,8 @@ class Config:
             raise ValueError(f"data.stream must be >= 0, got {self.data.stream}")
         if self.train.max_steps < 1 or self.train.checkpoint_every < 1:
             raise ValueError("train.max_steps and train.checkpoint_every must be >= 1")
+        if self.model.learned_temperature and self.model.head != "riemann":
+            raise ValueError("model.learned_temperature sharpens a bar distribution; it needs model.head 'riemann'")
         if self.data.standardize_y and self.model.head != "riemann":
             raise ValueError("data.standardize_y standardises real-valued targets; it needs model.head 'riemann'")
         if self.train.export_dtype not in WEIGHT_DTYPES:

@@ -75,6 +75,7 @@ class PFNTransformer(nn.Module):
         nhid: int = 512,
         dropout: float = 0.0,
         num_classes: int | None = None,
+        learned_temperature: bool = False,
     ) -> None:
         super().__init__()
         self.max_features = max_features
@@ -85,6 +86,12 @@ class PFNTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(emsize, nhead, nhid, dropout) for _ in range(nlayers))
         self.norm = nn.LayerNorm(emsize)
         self.decoder = nn.Sequential(nn.Linear(emsize, nhid), nn.GELU(), nn.Linear(nhid, num_outputs))
+        # log inverse temperature per query; zero-initialised, so a model that gains it (e.g. through
+        # train.init_from) starts out predicting exactly what it did without it.
+        self.log_temperature = nn.Linear(emsize, 1) if learned_temperature else None
+        if self.log_temperature is not None:
+            nn.init.zeros_(self.log_temperature.weight)
+            nn.init.zeros_(self.log_temperature.bias)
 
     def encode_x(self, x: torch.Tensor) -> torch.Tensor:
         num_features = x.shape[-1]
@@ -104,4 +111,11 @@ class PFNTransformer(nn.Module):
         num_keys = 1 + num_context
         for block in self.blocks:
             tokens = block(tokens, num_keys)
-        return self.decoder(self.norm(tokens[:, num_keys:]))
+        queries = self.norm(tokens[:, num_keys:])
+        logits = self.decoder(queries)  # [b, q, num_outputs]
+        if self.log_temperature is None:
+            return logits
+        # Float32 so that large sharpened logits keep their resolution under bf16 autocast;
+        # the bounded log-scale (inverse temperature in [e^-6, e^6]) keeps a step from blowing up.
+        log_scale = 6 * torch.tanh(self.log_temperature(queries).float() / 6)  # [b, q, 1]
+        return logits.float() * log_scale.exp()

@@ -20,6 +20,7 @@ def build_backbone(model: ModelConfig) -> PFNTransformer:
         nhid=model.nhid,
         dropout=model.dropout,
         num_classes=model.num_classes if classification else None,
+        learned_temperature=model.learned_temperature,
     )
 
 

@@ -288,18 +288,21 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     """Copy a trained model's weights into `module` before training: to train a shipped model
     further (a new warm-up + cosine schedule) or to fine-tune it on another prior.
 
-    Every `model.*` setting must match, except `num_buckets`: with another number of buckets the
-    borders are placed for this config and the output layer is rebuilt to give the model's own
-    predictive distribution on them (`rebucket_output_layer`); with the same number the model's
-    own borders are kept, since its output layer was trained on them. Returns what was loaded,
-    for the exported model's metadata.
+    Every `model.*` setting must match, except gaining `learned_temperature` (its new layer starts
+    at temperature 1, so predictions are unchanged at the start) and `num_buckets`: with another
+    number of buckets the borders are placed for this config and the output layer is rebuilt to
+    give the model's own predictive distribution on them (`rebucket_output_layer`); with the same
+    number the model's own borders are kept, since its output layer was trained on them. Returns
+    what was loaded, for the exported model's metadata.
     """
     ours, theirs = module.config, source.config
     name_or_path = ours.train.init_from  # as the user wrote it, for the error messages
     differing = [
         f"model.{field.name} ({getattr(theirs.model, field.name)!r} there, {getattr(ours.model, field.name)!r} here)"
         for field in dataclasses.fields(ours.model)
-        if field.name != "num_buckets" and getattr(ours.model, field.name) != getattr(theirs.model, field.name)
+        if field.name != "num_buckets"
+        and getattr(ours.model, field.name) != getattr(theirs.model, field.name)
+        and not (field.name == "learned_temperature" and ours.model.learned_temperature)
     ]
     if differing:
         raise ValueError(f"train.init_from {name_or_path!r} has another architecture: {', '.join(differing)}")
@@ -309,7 +312,9 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
             f"so its buckets are on another scale than data.standardize_y={ours.data.standardize_y} here"
         )
     state = source.backbone.state_dict()
-    resized = [key for key, value in module.backbone.state_dict().items() if state[key].shape != value.shape]
+    resized = [
+        key for key, value in module.backbone.state_dict().items() if key in state and state[key].shape != value.shape
+    ]
     module.backbone.load_state_dict({key: value for key, value in state.items() if key not in resized}, strict=False)
     if ours.model.head == "riemann" and not resized:
         module.head.borders.copy_(source.head.borders)  # `setup` keeps borders that are already set

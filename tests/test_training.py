@@ -239,3 +239,24 @@ def test_init_from_refuses_another_architecture(tmp_path, tiny_model_path):
         train(tiny_config(tmp_path / "b", "--train.init_from", str(tiny_model_path), "--data.standardize_y", "true"))
     with pytest.raises(FileNotFoundError, match="no checkpoint file or shipped model"):
         train(tiny_config(tmp_path / "c", "--train.init_from", "no-such-model"))
+
+
+def test_init_from_can_gain_a_learned_temperature(tmp_path, tiny_model_path):
+    source = pfn.load(tiny_model_path)
+    init = ("--train.init_from", str(tiny_model_path), "--train.max_steps", "1", "--train.lr", "1e-12")
+    gained = pfn.load(train(tiny_config(tmp_path / "t", *init, "--model.learned_temperature", "true")))
+    assert gained.config.model.learned_temperature and "log_temperature.weight" in gained.backbone.state_dict()
+    batch = GPPrior().sample(8, 20, 2, torch.Generator().manual_seed(5))
+    x_context, y_context, x_query = batch.x[:, :12], batch.y[:, :12], batch.x[:, 12:]
+    with torch.no_grad():
+        before = source.backbone(x_context, y_context, x_query)
+        assert torch.allclose(gained.backbone(x_context, y_context, x_query), before, atol=1e-5)
+        # The temperature scales all logits of a query: inverse temperature 2 (its log is bounded
+        # to [-6, 6] by 6 tanh(raw / 6)) doubles them.
+        gained.backbone.log_temperature.bias.fill_(6 * torch.atanh(torch.tensor(2.0).log() / 6).item())
+        assert torch.allclose(gained.backbone(x_context, y_context, x_query), 2 * before, atol=1e-4)
+    # Dropping it again would throw a trained layer away: refused like any other change.
+    with pytest.raises(ValueError, match=r"model\.learned_temperature \(True there, False here\)"):
+        train(tiny_config(tmp_path / "u", "--train.init_from", str(gained.path), "--train.max_steps", "1"))
+    with pytest.raises(ValueError, match="learned_temperature sharpens a bar distribution"):
+        tiny_config(tmp_path / "v", "--model.head", "categorical", "--model.learned_temperature", "true")
