@@ -57,6 +57,7 @@ class Block(nn.Module):
 
 
 TEMPERATURE_GAIN = 10.0
+MAX_LOG_TEMPERATURE = 6.0  # inverse temperatures stay in [e^-6, e^6]
 
 
 class PFNTransformer(nn.Module):
@@ -92,7 +93,7 @@ class PFNTransformer(nn.Module):
         # Log inverse temperature per query; zero-initialised, so a model that gains it (e.g. through
         # train.init_from) starts out predicting exactly what it did without it. Its output is
         # multiplied by TEMPERATURE_GAIN so that it moves at the pace it needs: at gain 1 (gp, one
-        # CPU thread, 869 steps at lr 3e-5 or 1e-4) it had reached 1.3-1.4 in one feature where a
+        # CPU thread, 869-1,114 steps at lr 3e-5 or 1e-4) it had reached 1.3-1.4 in one feature where a
         # fixed post-hoc 3 was best.
         self.log_temperature = nn.Linear(emsize, 1) if learned_temperature else None
         if self.log_temperature is not None:
@@ -122,6 +123,7 @@ class PFNTransformer(nn.Module):
         if self.log_temperature is None:
             return logits
         # Float32 so that large sharpened logits keep their resolution under bf16 autocast;
-        # the bounded log-scale (inverse temperature in [e^-6, e^6]) keeps a step from blowing up.
-        log_scale = 6 * torch.tanh(TEMPERATURE_GAIN * self.log_temperature(queries).float() / 6)  # [b, q, 1]
+        # the bounded log-scale keeps a step from blowing up.
+        raw = TEMPERATURE_GAIN * self.log_temperature(queries).float()  # [b, q, 1]
+        log_scale = MAX_LOG_TEMPERATURE * torch.tanh(raw / MAX_LOG_TEMPERATURE)
         return logits.float() * log_scale.exp()

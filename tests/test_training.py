@@ -9,7 +9,7 @@ import torch
 import pfn
 from pfn.checkpoint import read_checkpoint
 from pfn.config import load_config
-from pfn.model import TEMPERATURE_GAIN
+from pfn.model import MAX_LOG_TEMPERATURE, TEMPERATURE_GAIN
 from pfn.training import PFNModule, draw_training_batch, next_stream, train
 from priors import GPPrior, build_prior
 from tests.conftest import ROOT, tiny_config
@@ -253,8 +253,8 @@ def test_init_from_can_gain_a_learned_temperature(tmp_path, tiny_model_path):
         before = source.backbone(x_context, y_context, x_query)
         assert torch.allclose(gained.backbone(x_context, y_context, x_query), before, atol=1e-5)
         # The temperature scales all logits of a query: inverse temperature 2 (its log is bounded
-        # to [-6, 6] by 6 tanh(gain raw / 6)) doubles them.
-        raw = 6 * torch.atanh(torch.tensor(2.0).log() / 6) / TEMPERATURE_GAIN
+        # by MAX tanh(gain raw / MAX)) doubles them.
+        raw = MAX_LOG_TEMPERATURE * torch.atanh(torch.tensor(2.0).log() / MAX_LOG_TEMPERATURE) / TEMPERATURE_GAIN
         gained.backbone.log_temperature.bias.fill_(raw.item())
         assert torch.allclose(gained.backbone(x_context, y_context, x_query), 2 * before, atol=1e-4)
     # Dropping it again would throw a trained layer away: refused like any other change.
