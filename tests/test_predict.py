@@ -139,6 +139,7 @@ def test_cli_bench_writes_results(tmp_path, tiny_model_path, capsys):
     for row in result["rows"]:
         assert row["difference"] == pytest.approx(row["pfn_nll"] - row["gp_nll"])
         assert np.isfinite(row["pfn_nll"]) and row["gp_seconds_per_dataset"] > 0
+        assert 0 < row["std_ratio"] < np.inf and 0 <= row["location_error"] < np.inf
     assert "| context |" in (tmp_path / result_file.with_suffix(".md").name).read_text()
     with pytest.raises(SystemExit, match="exceed the model's maximum"):
         main(["bench", "gp", "--model", str(tiny_model_path), "--features", "3", "--out_dir", str(tmp_path)])

@@ -49,6 +49,11 @@ def gp_bench_rows(
             # The exact answer put on the PFN's own buckets: the best NLL its head can reach.
             floor_nll = -RiemannDistribution.nearest_to(gp_dist, pfn_dist.borders).log_prob(y_query).mean(-1)
             difference = pfn_nll - gp_nll
+            # Where the gap comes from, in units of the exact predictive's std: a spread that is
+            # too wide or narrow (std ratio away from 1), or a centre in the wrong place.
+            gp_std = gp_dist.stddev
+            std_ratio = (pfn_dist.stddev.double() / gp_std).median()
+            location_error = ((pfn_dist.median.double() - gp_dist.mean).abs() / gp_std).median()
             rows.append(
                 {
                     "context": num_context,
@@ -58,6 +63,8 @@ def gp_bench_rows(
                     "difference": difference.mean().item(),
                     "difference_se": standard_error(difference),
                     "head_floor": (floor_nll - gp_nll).mean().item(),
+                    "std_ratio": std_ratio.item(),
+                    "location_error": location_error.item(),
                     "pfn_seconds_per_dataset": pfn_time / num_datasets,
                     "gp_seconds_per_dataset": gp_time / num_datasets,
                 }
@@ -73,13 +80,15 @@ def gp_bench_rows(
 
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     lines = [
-        "| context | PFN NLL | exact GP NLL | PFN - GP | ± s.e. | head floor | PFN ms/dataset | GP ms/dataset |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| context | PFN NLL | exact GP NLL | PFN - GP | ± s.e. | head floor | std ratio | location error "
+        "| PFN ms/dataset | GP ms/dataset |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary:
         lines.append(
             f"| {row['context']} | {row['pfn_nll']:.4f} | {row['gp_nll']:.4f} | {row['difference']:+.4f} | "
-            f"{row['difference_se']:.4f} | {row['head_floor']:+.4f} | {1e3 * row['pfn_seconds_per_dataset']:.3f} | "
+            f"{row['difference_se']:.4f} | {row['head_floor']:+.4f} | {row['std_ratio']:.2f} | "
+            f"{row['location_error']:.2f} | {1e3 * row['pfn_seconds_per_dataset']:.3f} | "
             f"{1e3 * row['gp_seconds_per_dataset']:.3f} |"
         )
     return "\n".join(lines)
@@ -115,7 +124,10 @@ def run_gp_bench(
         f"feature counts. Mean PFN - exact GP over context sizes: {mean_difference:+.4f} nats per query point. "
         f"Head floor: the exact GP predictive put on the PFN's own buckets (each bucket gets the Gaussian's mass) "
         f"minus the exact GP; no network with these buckets can do better on average (mean over context sizes "
-        f"{mean_floor:+.4f})."
+        f"{mean_floor:+.4f}). Std ratio: median over query points of the PFN's predictive std over the exact "
+        f"GP's (1 is right; above 1 the PFN is too unsure); location error: median over query points of "
+        f"|PFN median - GP mean| in units of the GP's std (0 is right). Both are medians per cell, averaged "
+        f"over feature counts."
     )
     write_results(results_name("gp", precision), result, markdown_table(summary), description, out_dir)
     print(f"mean PFN - exact GP NLL over context sizes: {mean_difference:+.4f} nats per query point")
