@@ -81,6 +81,8 @@ class ModelCard:
             training = "steps not recorded"
         else:
             training = f"{self.trained_steps:,} steps x {self.batch_size} datasets = {self.datasets_seen:,} datasets"
+            if "initialized_from" in self.extra:  # the file counts only the run that wrote it
+                training += " in its last run, which continued another model (train.init_from)"
         features = "1 feature" if self.max_features == 1 else f"1-{self.max_features} features"
         lines = [
             f"{self.name}: {self.description or self.task}",

@@ -200,6 +200,9 @@ def test_init_from_starts_training_from_a_trained_model(tmp_path, tiny_model_pat
         assert torch.allclose(tuned.backbone.state_dict()[key], value, atol=1e-6), key
     assert tuned.metadata["initialized_from"]["trained_steps"] == source.metadata["trained_steps"]
     assert tuned.metadata["initialized_from"]["sha256"] == hashlib.sha256(tiny_model_path.read_bytes()).hexdigest()
+    # The file counts only its own run's steps; its card says so rather than pass them off as the whole.
+    assert "in its last run" in str(pfn.model_card(tmp_path / "same" / "model.pfn"))
+    assert "in its last run" not in str(pfn.model_card(tiny_model_path))
 
     # Another number of buckets: new borders, and an output layer rebuilt to give the model's own
     # predictive on them, so the NLL is where it was (here 50 -> 200 buckets).
