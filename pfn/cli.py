@@ -60,6 +60,9 @@ BENCH_DEFAULTS = {
 
 
 def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
+    from pfn.benchmarks.common import results_name
+
+    results_name(args.prior, tag=args.tag)  # a bad tag fails now, not after hours of sampling
     if args.prior == "train":
         from pfn.benchmarks.throughput import run_from_args
 
@@ -75,14 +78,16 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         cache = Path(args.mcmc_cache) if args.mcmc_cache else None
         run_lc_bench(
             args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir), 1, args.lc_device, cache,
-            args.precision,
+            args.precision, args.tag,
         )  # fmt: skip
         return
     if args.prior == "tabular":
         from pfn.benchmarks.tabular import run_tabular_bench
 
         regressor, _, classifier = (args.model or "regressor,classifier").partition(",")
-        run_tabular_bench(regressor, classifier or "classifier", seed=args.seed, out_dir=Path(args.out_dir))
+        run_tabular_bench(
+            regressor, classifier or "classifier", seed=args.seed, out_dir=Path(args.out_dir), tag=args.tag
+        )
         return
     if args.prior not in BENCH_DEFAULTS:
         available = ", ".join([*BENCH_DEFAULTS, "lc", "tabular", "train"])
@@ -96,6 +101,7 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         "seed": args.seed,
         "out_dir": Path(args.out_dir),
         "precision": args.precision,
+        "tag": args.tag,
     }
     if args.prior in ("bnn", "gp-hyper"):
         from pfn.benchmarks.mcmc import run_mcmc_bench
@@ -176,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--baselines", default="qda,gpc", help="gmm: classical baselines to run (qda, gpc)")
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")
+    bench.add_argument(
+        "--tag", default="", help="added to the result file names, e.g. 4chains: keeps a variant run from overwriting"
+    )
     # `pfn bench bnn|gp-hyper`: NUTS (and type-II ML) on the same datasets (pfn/benchmarks/mcmc.py)
     bench.add_argument("--budgets", default="32,128,512", help="bnn, gp-hyper: NUTS iterations per chain")
     bench.add_argument("--chains", type=int, default=1, help="bnn, gp-hyper: NUTS chains")

@@ -147,15 +147,21 @@ def test_cli_bench_writes_results(tmp_path, tiny_model_path, capsys):
 
 def test_cli_bench_in_bfloat16_scores_the_same_datasets(tmp_path, tiny_model_path):
     bench_gp(tiny_model_path, tmp_path)
-    bench_gp(tiny_model_path, tmp_path, "--precision", "bfloat16")
+    bench_gp(tiny_model_path, tmp_path, "--precision", "bfloat16", "--tag", "fast")
     [exact_file] = tmp_path.glob("gp-2*.json")
-    [fast_file] = tmp_path.glob("gp-bfloat16-*.json")  # its own files, next to the float32 ones
+    [fast_file] = tmp_path.glob("gp-bfloat16-fast-*.json")  # its own files, next to the float32 ones
+    assert fast_file.with_suffix(".md").exists()
     exact, fast = json.loads(exact_file.read_text()), json.loads(fast_file.read_text())
     assert (exact["pfn_precision"], fast["pfn_precision"]) == ("float32", "bfloat16")
     for row, fast_row in zip(exact["rows"], fast["rows"], strict=True):
         assert fast_row["gp_nll"] == row["gp_nll"]  # same held-out datasets
         assert fast_row["pfn_nll"] != row["pfn_nll"]  # the network really ran in bfloat16
         assert fast_row["pfn_nll"] == pytest.approx(row["pfn_nll"], abs=0.05)
+
+
+def test_cli_bench_rejects_a_tag_that_is_no_file_name(tmp_path, tiny_model_path):
+    with pytest.raises(SystemExit, match="tag '../x' must be letters"):
+        bench_gp(tiny_model_path, tmp_path, "--tag", "../x")
 
 
 def test_cli_train_rejects_a_typo(tmp_path):

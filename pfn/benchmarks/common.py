@@ -6,6 +6,7 @@ import datetime
 import json
 import math
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -136,18 +137,24 @@ def cpu_bfloat16_flags() -> list[str]:
     return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
-def results_name(benchmark: str, precision: str) -> str:
-    """The stem of a run's result files: float32 runs keep the benchmark's name, others say their precision."""
-    return benchmark if precision == "float32" else f"{benchmark}-{precision}"
+def results_name(benchmark: str, precision: str = "float32", tag: str = "") -> str:
+    """The stem of a run's result files: the benchmark's name, then the precision unless float32, then
+    the caller's tag, so that a variant run (other chains, another checkpoint) does not overwrite the
+    main result of the day."""
+    if tag and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", tag):
+        raise ValueError(f"tag {tag!r} must be letters, digits, '.', '_' or '-' (it becomes part of a file name)")
+    return "-".join(part for part in (benchmark, "" if precision == "float32" else precision, tag) if part)
 
 
-def write_results(name: str, result: dict[str, Any], table: str, description: str, out_dir: Path | None) -> None:
-    """Print the table and write `<out_dir>/<name>-<date>.json` and `.md`."""
+def write_results(name: str, result: dict[str, Any], table: str, description: str, out_dir: Path | None) -> Path | None:
+    """Print the table and write `<out_dir>/<name>-<date>.json` and `.md`; returns that stem, to
+    which figures add their own suffix."""
     print(table)
     if out_dir is None:
-        return
+        return None
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{name}-{datetime.date.today().isoformat()}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(f"# {name} benchmark: {result['model']}\n\n{description}\n\n{table}\n")
     print(f"results written to {stem}.json and {stem}.md")
+    return stem

@@ -162,6 +162,7 @@ def run_gmm_bench(
     baselines: tuple[str, ...] = CLASSICAL,
     out_dir: Path | None = Path("benchmarks/results"),
     precision: str = "float32",
+    tag: str = "",
 ) -> dict[str, Any]:
     model = load_for_bench("gmm", model_name_or_path, seed, num_datasets, num_queries, precision)
     rows = gmm_bench_rows(model, contexts, features, num_datasets, num_queries, seed, baselines)
@@ -184,7 +185,7 @@ def run_gmm_bench(
         f"{SMOOTHING} of the uniform distribution. Mean PFN - exact CE: {mean_difference:+.4f} nats."
     )
     write_results(
-        results_name("gmm", precision),
+        results_name("gmm", precision, tag),
         result,
         markdown_table(summary, ["pfn", "exact", *baselines]),
         description,

@@ -103,6 +103,7 @@ def run_gp_bench(
     seed: int = 12345,
     out_dir: Path | None = Path("benchmarks/results"),
     precision: str = "float32",
+    tag: str = "",
 ) -> dict[str, Any]:
     model = load_for_bench("gp", model_name_or_path, seed, num_datasets, num_queries, precision)
     rows = gp_bench_rows(model, contexts, features, num_datasets, num_queries, seed)
@@ -129,6 +130,6 @@ def run_gp_bench(
         f"|PFN median - GP mean| in units of the GP's std (0 is right). Both are medians per cell, averaged "
         f"over feature counts."
     )
-    write_results(results_name("gp", precision), result, markdown_table(summary), description, out_dir)
+    write_results(results_name("gp", precision, tag), result, markdown_table(summary), description, out_dir)
     print(f"mean PFN - exact GP NLL over context sizes: {mean_difference:+.4f} nats per query point")
     return result

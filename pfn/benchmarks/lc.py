@@ -10,7 +10,6 @@ generative model, Domhan et al.'s budget) and an oracle that knows the true curv
 
 from __future__ import annotations
 
-import datetime
 import math
 import time
 from dataclasses import asdict
@@ -243,6 +242,7 @@ def run_lc_bench(
     device: str = "cpu",
     mcmc_cache: Path | None = None,
     precision: str = "float32",
+    tag: str = "",
 ) -> dict[str, Any]:
     # Both methods get one core: MCMC-PP is sequential, and a PFN forward pass on one curve gains
     # nothing from more threads on a small CPU (they only thrash when the machine is busy).
@@ -278,11 +278,11 @@ def run_lc_bench(
     )
     result["examples"] = examples
     pfn_clock = "cpu_seconds" if model.device.type == "cpu" else "seconds"
-    name = results_name("lc", precision)
-    write_results(name, result, markdown_table(rows, pfn_clock), description, out_dir)
-    if out_dir is not None:
+    name = results_name("lc", precision, tag)
+    stem = write_results(name, result, markdown_table(rows, pfn_clock), description, out_dir)
+    if stem is not None:
         try:
-            figure = out_dir / f"{name}-{datetime.date.today().isoformat()}.png"
+            figure = stem.with_suffix(".png")
             curves = held_out_curves(build_prior(model.prior_spec), trained_length(model), num_curves, seed)
             plot_examples(curves, examples, figure)
             print(f"example forecasts drawn in {figure}")

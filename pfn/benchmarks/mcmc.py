@@ -239,6 +239,7 @@ def run_mcmc_bench(
     out_dir: Path | None = Path("benchmarks/results"),
     nuts_cache: Path | None = None,
     precision: str = "float32",
+    tag: str = "",
 ) -> dict[str, Any]:
     """`nuts_cache`: a JSON file of NUTS results to reuse and extend (they do not depend on the
     PFN, so benchmarking another checkpoint of the same prior skips the hours of sampling)."""
@@ -305,11 +306,11 @@ def run_mcmc_bench(
         f"iterations per chain (half warm-up), {num_chains} chains, max tree depth {max_tree_depth}. "
         f"Mean PFN - NUTS-{budgets[-1]} NLL over context sizes: {result['mean_difference']:+.4f} nats per point."
     )
-    name = results_name(benchmark, precision)
-    write_results(name, result, markdown_tables(result["summary"]), description, out_dir)
-    if plot and out_dir is not None:
+    name = results_name(benchmark, precision, tag)
+    stem = write_results(name, result, markdown_tables(result["summary"]), description, out_dir)
+    if plot and stem is not None:
         from pfn.benchmarks.mcmc_plot import plot_results
 
-        path = plot_results(result, model, prior, baselines[-1], seed, out_dir)
+        path = plot_results(result, model, prior, baselines[-1], seed, stem.with_suffix(".png"))
         print(f"figure written to {path}")
     return result

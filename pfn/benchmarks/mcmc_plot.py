@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pfn.benchmarks.common import BENCH_STREAM, results_name  # noqa: E402
+from pfn.benchmarks.common import BENCH_STREAM  # noqa: E402
 from pfn.predictor import PFN  # noqa: E402
 from pfn.training import seeded_generators  # noqa: E402
 from priors import Prior  # noqa: E402
@@ -25,7 +25,7 @@ def plot_results(
     prior: Prior,
     nuts: Any,
     seed: int,
-    out_dir: Path,
+    path: Path,
 ) -> Path:
     """Left: NLL against seconds per dataset. Right: a one-feature example dataset, NUTS at the
     largest budget (`nuts`, reused from the benchmark, so nothing compiles twice)."""
@@ -34,7 +34,6 @@ def plot_results(
     _example(right, model, prior, nuts, seed, min(r["context"] for r in result["rows"]))
     figure.suptitle(f"pfn bench {result['benchmark']}: {result['model']}")
     figure.tight_layout()
-    path = out_dir / f"{results_name(result['benchmark'], result['pfn_precision'])}-{result['date'][:10]}.png"
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path

@@ -32,7 +32,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pfn.benchmarks.common import write_results
+from pfn.benchmarks.common import results_name, write_results
 from pfn.estimators import PFNClassifier, PFNRegressor
 from pfn.zoo import model_card
 
@@ -81,6 +81,7 @@ def run_tabular_bench(
     seed: int = 0,
     device: str = "auto",
     out_dir: Path | None = Path("benchmarks/results"),
+    tag: str = "",
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     rows = []
@@ -158,7 +159,11 @@ def run_tabular_bench(
         "rows": rows,
     }
     write_results(
-        "tabular", result | {"model": f"{regressor}, {classifier}"}, _table(rows), _description(result), out_dir
+        results_name("tabular", tag=tag),
+        result | {"model": f"{regressor}, {classifier}"},
+        _table(rows),
+        _description(result),
+        out_dir,
     )
     return result
 
