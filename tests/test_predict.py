@@ -159,9 +159,11 @@ def test_cli_bench_in_bfloat16_scores_the_same_datasets(tmp_path, tiny_model_pat
         assert fast_row["pfn_nll"] == pytest.approx(row["pfn_nll"], abs=0.05)
 
 
-def test_cli_bench_rejects_a_tag_that_is_no_file_name(tmp_path, tiny_model_path):
-    with pytest.raises(SystemExit, match="tag '../x' must be letters"):
-        bench_gp(tiny_model_path, tmp_path, "--tag", "../x")
+@pytest.mark.parametrize("tag", ["../x", "v1.2"])  # a dot would cut the file name at `with_suffix`
+def test_cli_bench_rejects_a_tag_that_is_no_file_name(tmp_path, tiny_model_path, tag):
+    with pytest.raises(SystemExit, match=f"tag '{tag}' must be letters"):
+        bench_gp(tiny_model_path, tmp_path, "--tag", tag)
+    assert not list(tmp_path.iterdir())  # refused before anything ran or was written
 
 
 def test_cli_train_rejects_a_typo(tmp_path):

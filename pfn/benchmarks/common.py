@@ -141,8 +141,9 @@ def results_name(benchmark: str, precision: str = "float32", tag: str = "") -> s
     """The stem of a run's result files: the benchmark's name, then the precision unless float32, then
     the caller's tag, so that a variant run (other chains, another checkpoint) does not overwrite the
     main result of the day."""
-    if tag and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", tag):
-        raise ValueError(f"tag {tag!r} must be letters, digits, '.', '_' or '-' (it becomes part of a file name)")
+    # No '.': result and figure paths are this stem plus a suffix (`Path.with_suffix`), which a dot would cut.
+    if tag and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", tag):
+        raise ValueError(f"tag {tag!r} must be letters, digits, '_' or '-' (it becomes part of a file name)")
     return "-".join(part for part in (benchmark, "" if precision == "float32" else precision, tag) if part)
 
 
