@@ -36,9 +36,11 @@ timeout 150 python3 -m pfn.benchmarks.throughput --preset all --out "$LOGS/throu
 # The LC-PFN's time per curve on this GPU (issue 4 asks for the GPU figure); MCMC-PP's scores
 # and CPU times come from the committed cache, so emcee need not be installed here.
 if [ -f checkpoints/lc.pfn ]; then
-    timeout 120 python3 -m pfn.cli bench lc --model lc --lc_device cuda \
-        --mcmc_cache benchmarks/results/lc-mcmc-cache.json --out_dir "$LOGS/lc-gpu" \
-        > "$LOGS/lc-gpu.log" 2>&1 || echo "lc GPU benchmark failed or timed out (see lc-gpu.log)"
+    for precision in float32 bfloat16; do
+        timeout 90 python3 -m pfn.cli bench lc --model lc --lc_device cuda --precision "$precision" \
+            --mcmc_cache benchmarks/results/lc-mcmc-cache.json --out_dir "$LOGS/lc-gpu" --tag gpu \
+            > "$LOGS/lc-gpu-$precision.log" 2>&1 || echo "lc GPU benchmark ($precision) failed (see lc-gpu-$precision.log)"
+    done
 fi
 
 # Budget: what is left, minus a minute for start-up (bucket borders) and export.

@@ -298,6 +298,11 @@ def measure_model_step(config: Config, device: torch.device, warmup_s: float, se
     # The batches training sees at steps 0-7: a spread of context sizes.
     batches = [draw_training_batch(prior, config, step, 0, device) for step in range(8)]
     step = model_step_function(module, batches, config, device)
+    if config.train.compile:
+        # Every context size once before timing: the first two compile (static, then dynamic
+        # shapes), and the window must not include a compilation.
+        for _ in batches:
+            step()
     result = rates(**timed_loop(step, device, warmup_s, seconds), config=config)
     result["sync_probe"] = attempt(lambda: probe_syncs(step, device, steps=3))
     profile = attempt(lambda: profile_step(step, device))
