@@ -253,8 +253,10 @@ def summarise_profile(
         micros = getattr(event, "self_device_time_total", 0.0) if on_gpu else event.self_cpu_time_total
         return micros / 1e3 / steps
 
-    # On a GPU only kernels have self device time, so their sum is the time the device was busy.
-    busy_ms = sum(self_ms(event) for event in events) if on_gpu else None
+    # The device was busy for the sum of the kernels' times. (An operator's self device time is
+    # the time of the kernels it launched, so summing operators too would count each twice.)
+    kernels_run = [event for event in events if event.device_type == torch.autograd.DeviceType.CUDA]
+    busy_ms = sum(self_ms(event) for event in kernels_run) if on_gpu else None
     ranked = sorted(events, key=self_ms, reverse=True)[:top]
     return {
         "sdpa": {"backends": sorted(ops), "ops": sorted(ops.values()), "kernels": kernels[:8]},
