@@ -208,7 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--preset", default="all", help="train: paper, small or all")
     bench.add_argument("--out", help="train: JSON file to write")
     bench.add_argument("--quick", action="store_true", help="train: tiny sizes and windows (a CPU smoke test)")
-    bench.add_argument("--compile", action="store_true", help="train: torch.compile the backbone")
+    bench.add_argument("--compile", action="store_true", help="train: torch.compile the network")
+    bench.add_argument("--compile_mode", default="default", help="train: torch.compile mode (train.compile_mode)")
+    bench.add_argument(
+        "--static_shapes", action="store_true", help="train: one shape for every batch (train.static_shapes)"
+    )
     bench.add_argument("--warmup", type=float, help="train: warm-up seconds (default 2.5)")
     bench.add_argument("--seconds", type=float, help="train: measurement window in seconds (default 5)")
     bench.set_defaults(run=_bench)

@@ -19,6 +19,8 @@ import yaml
 
 from pfn.checkpoint import WEIGHT_DTYPES
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass
 class ModelConfig:
@@ -79,7 +81,14 @@ class TrainConfig:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
+    # GPU speed: with varying context sizes a step is bound by the host launching ~4,000 small
+    # kernels (benchmarks/README.md). `static_shapes` runs every batch at one shape (the context
+    # marked by an attention mask; same predictions, attention over all points instead of the
+    # context), so that `compile` builds one graph and "reduce-overhead" can replay it as a CUDA
+    # graph. `compile` without `static_shapes` compiles with dynamic shapes.
+    static_shapes: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode: see COMPILE_MODES
     checkpoint_every: int = 500
     log_every: int = 50
     output_dir: str = "runs/default"
@@ -143,6 +152,10 @@ class Config:
         if self.train.export_dtype not in WEIGHT_DTYPES:
             raise ValueError(
                 f"train.export_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {self.train.export_dtype!r}"
+            )
+        if self.train.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.train.compile_mode!r}"
             )
         if self.train.max_minutes is not None and not self.train.max_minutes > 0:
             raise ValueError(f"train.max_minutes must be a positive number of minutes, got {self.train.max_minutes}")

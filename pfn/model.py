@@ -5,6 +5,10 @@ context tokens alone, so one `scaled_dot_product_attention` call with no mask im
 PFN attention pattern: a query's output never depends on other queries, and permuting the
 context permutes nothing in the output. A learned "empty context" token is always present among
 the keys, which makes a context of zero points (the prior predictive) well defined.
+
+Training can instead run every batch at one shape (`forward_static`, `train.static_shapes`):
+all points are tokens and a boolean mask over the keys marks the context. The answer is the
+same; the point is that a compiled graph (`train.compile`) then serves every context size.
 """
 
 from __future__ import annotations
@@ -32,15 +36,21 @@ class ContextAttention(nn.Module):
         self.out = nn.Linear(emsize, emsize)
         self.dropout = dropout
 
-    def forward(self, tokens: torch.Tensor, num_keys: int) -> torch.Tensor:
-        # tokens: [batch, tokens, emsize]; the first `num_keys` tokens are the context.
+    def forward(self, tokens: torch.Tensor, keys: int | torch.Tensor) -> torch.Tensor:
+        # tokens: [batch, tokens, emsize]. `keys` says which tokens are the context: the first `keys`
+        # of them, or the True entries of a boolean [tokens] mask (one shape for every context size).
         q = rearrange(self.query(tokens), "b n (h d) -> b h n d", h=self.nhead)
-        # The slice is a strided view; Linear on a non-contiguous 3-d input falls back to a batched
-        # matmul against a weight copied once per dataset (30% of an LC forward pass on a CPU).
-        context = tokens[:, :num_keys].contiguous()
+        if isinstance(keys, int):
+            # The slice is a strided view; Linear on a non-contiguous 3-d input falls back to a batched
+            # matmul against a weight copied once per dataset (30% of an LC forward pass on a CPU).
+            context, mask = tokens[:, :keys].contiguous(), None
+        else:
+            context, mask = tokens, rearrange(keys, "n -> 1 1 1 n")  # the same for every dataset, head and query
         k, v = rearrange(self.key_value(context), "b n (two h d) -> two b h n d", two=2, h=self.nhead)
         with sdpa_kernel(ATTENTION_BACKENDS):
-            attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out(rearrange(attended, "b h n d -> b n (h d)"))
 
 
@@ -54,8 +64,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(emsize)
         self.mlp = nn.Sequential(nn.Linear(emsize, nhid), nn.GELU(), nn.Linear(nhid, emsize), nn.Dropout(dropout))
 
-    def forward(self, tokens: torch.Tensor, num_keys: int) -> torch.Tensor:
-        tokens = tokens + self.attention(self.norm1(tokens), num_keys)
+    def forward(self, tokens: torch.Tensor, keys: int | torch.Tensor) -> torch.Tensor:
+        tokens = tokens + self.attention(self.norm1(tokens), keys)
         return tokens + self.mlp(self.norm2(tokens))
 
 
@@ -104,25 +114,44 @@ class PFNTransformer(nn.Module):
             nn.init.zeros_(self.log_temperature.bias)
 
     def encode_x(self, x: torch.Tensor) -> torch.Tensor:
-        num_features = x.shape[-1]
-        if num_features > self.max_features:
-            raise ValueError(f"got {num_features} features; this model supports at most {self.max_features}")
-        padded = F.pad(x, (0, self.max_features - num_features)) * (self.max_features / num_features)
-        return self.x_encoder(padded)
+        return self.x_encoder(pad_features(x, self.max_features))
+
+    def encode_y(self, y: torch.Tensor) -> torch.Tensor:
+        return self.y_encoder(y.long() if self.num_classes else y.unsqueeze(-1))
 
     def forward(self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         # x_context: [b, c, f], y_context: [b, c], x_query: [b, q, f] -> logits [b, q, num_outputs]
         batch, num_context = y_context.shape
-        y = y_context.long() if self.num_classes else y_context.unsqueeze(-1)
-        context = self.encode_x(x_context) + self.y_encoder(y)  # [b, c, e]
+        context = self.encode_x(x_context) + self.encode_y(y_context)  # [b, c, e]
         queries = self.encode_x(x_query)  # [b, q, e]
         empty = self.empty_context.expand(batch, 1, -1).to(queries.dtype)
         tokens = torch.cat([empty, context, queries], dim=1)  # [b, 1 + c + q, e]
         num_keys = 1 + num_context
         for block in self.blocks:
             tokens = block(tokens, num_keys)
-        queries = self.norm(tokens[:, num_keys:])
-        logits = self.decoder(queries)  # [b, q, num_outputs]
+        return self.decode(tokens[:, num_keys:])
+
+    def forward_static(self, x: torch.Tensor, y: torch.Tensor, is_context: torch.Tensor) -> torch.Tensor:
+        """`forward` for training at one fixed shape, whatever the context size: every point in one
+        tensor, the context marked by `is_context`, so that a compiled graph serves every step.
+
+        x: [b, n, max_features] (already `pad_features`-ed), y: [b, n], is_context: [n] bool
+        -> logits [b, n, num_outputs]; those of the non-context points equal `forward`'s, as the
+        targets of non-context points are never seen (only context points are attended to).
+        """
+        batch = x.shape[0]
+        points = self.x_encoder(x) + self.encode_y(y) * is_context[:, None]  # [b, n, e]
+        empty = self.empty_context.expand(batch, 1, -1).to(points.dtype)
+        tokens = torch.cat([empty, points], dim=1)  # [b, 1 + n, e]
+        keys = torch.cat([is_context.new_ones(1), is_context])  # [1 + n]: the empty token and the context
+        for block in self.blocks:
+            tokens = block(tokens, keys)
+        return self.decode(tokens[:, 1:])
+
+    def decode(self, queries: torch.Tensor) -> torch.Tensor:
+        # queries: [b, q, e] transformed query tokens -> logits [b, q, num_outputs]
+        queries = self.norm(queries)
+        logits = self.decoder(queries)
         if self.log_temperature is None:
             return logits
         # Float32 so that large sharpened logits keep their resolution under bf16 autocast;
@@ -130,3 +159,12 @@ class PFNTransformer(nn.Module):
         raw = TEMPERATURE_GAIN * self.log_temperature(queries).float()  # [b, q, 1]
         log_scale = MAX_LOG_TEMPERATURE * torch.tanh(raw / MAX_LOG_TEMPERATURE)
         return logits.float() * log_scale.exp()
+
+
+def pad_features(x: torch.Tensor, max_features: int) -> torch.Tensor:
+    """Zero-pad x's features to `max_features` and rescale by max_features / num_features (as in
+    the PFN paper), so that one model serves 1..max_features features."""
+    num_features = x.shape[-1]
+    if num_features > max_features:
+        raise ValueError(f"got {num_features} features; this model supports at most {max_features}")
+    return F.pad(x, (0, max_features - num_features)) * (max_features / num_features)

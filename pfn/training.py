@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pfn.checkpoint import file_sha256
 from pfn.config import Config
 from pfn.heads import borders_from_samples, rebucket_output_layer
+from pfn.model import pad_features
 from pfn.network import build_backbone, build_head
 from pfn.scaling import context_standardization
 from priors import Prior, build_prior
@@ -157,8 +158,13 @@ class PFNModule(L.LightningModule):
         if self.config.data.standardize_y:
             loc, scale = context_standardization(y[:, :n])
             y = (y - loc) / scale
-        logits = self(x[:, :n], y[:, :n], x[:, n:])
-        return self.head.loss(logits, y[:, n:]).mean()
+        if not self.config.train.static_shapes:
+            logits = self(x[:, :n], y[:, :n], x[:, n:])
+            return self.head.loss(logits, y[:, n:]).mean()
+        is_context = torch.arange(x.shape[1], device=x.device) < n  # [num_points]
+        x = pad_features(x, self.config.model.max_features)
+        logits = self.backbone.forward_static(x, y, is_context)  # every point's prediction
+        return self.head.loss(logits, y)[:, n:].mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
@@ -338,6 +344,16 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     }
 
 
+def compile_backbone(module: PFNModule) -> None:
+    """`torch.compile` the network the way `module.loss` calls it (`train.compile`)."""
+    train = module.config.train
+    if train.static_shapes:  # one shape for every batch: no dynamic shapes, one graph
+        backbone = module.backbone
+        backbone.forward_static = torch.compile(backbone.forward_static, dynamic=False, mode=train.compile_mode)
+    else:
+        module.backbone = torch.compile(module.backbone, mode=train.compile_mode)
+
+
 def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callback] | None = None) -> Path:
     """Train from a config (resuming from `ckpt_path`, e.g. "last"); returns the exported model file."""
     from pfn.checkpoint import save_model
@@ -354,7 +370,7 @@ def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callba
         # On resume, Lightning then restores the run's own checkpoint over these weights.
         metadata["initialized_from"] = initialize_from(module, source)
     if config.train.compile:
-        module.backbone = torch.compile(module.backbone)
+        compile_backbone(module)
     trainer.fit(module, datamodule=PriorDataModule(config), ckpt_path=ckpt_path)
     path = Path(config.train.output_dir) / "model.pfn"
     if trainer.is_global_zero:

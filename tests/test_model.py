@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pfn.distributions import RiemannDistribution
-from pfn.model import PFNTransformer
+from pfn.model import PFNTransformer, pad_features
 
 
 @pytest.fixture
@@ -73,3 +73,29 @@ def test_rebucketed_output_layer_gives_the_same_distribution():
     new = RiemannDistribution(hidden @ weight.T + bias, new_borders)
     points = torch.linspace(-2.4, 2.4, 49)[:, None]  # beyond them the two tails have other shapes
     assert torch.allclose(new.cdf(points), old.cdf(points), atol=1e-5)
+
+
+@pytest.mark.parametrize("num_context", [0, 1, 4, 6])
+@pytest.mark.parametrize("kind", ["regression", "classification"])
+def test_static_shape_forward_predicts_what_forward_does(num_context, kind):
+    # train.static_shapes: every point in one tensor, the context marked by a mask over the keys.
+    torch.manual_seed(0)
+    classes = 4 if kind == "classification" else None
+    model = PFNTransformer(
+        max_features=3, num_outputs=7, emsize=32, nlayers=2, nhead=4, nhid=64,
+        num_classes=classes, learned_temperature=classes is None,
+    ).eval()  # fmt: skip
+    if model.log_temperature is not None:  # away from zero, so the temperature takes part
+        torch.nn.init.normal_(model.log_temperature.weight, std=0.1)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 9, 2, generator=g)
+    y = torch.randint(0, 4, (2, 9), generator=g).float() if classes else torch.randn(2, 9, generator=g)
+    expected = model(x[:, :num_context], y[:, :num_context], x[:, num_context:])
+    is_context = torch.arange(9) < num_context
+    static = model.forward_static(pad_features(x, 3), y, is_context)
+    assert static.shape == (2, 9, 7)
+    assert torch.allclose(static[:, num_context:], expected, atol=1e-5)
+    # The query points' own targets are never seen.
+    changed = y.clone()
+    changed[:, num_context:] = changed[:, num_context:].flip(-1) + (0 if classes else 5.0)
+    assert torch.allclose(model.forward_static(pad_features(x, 3), changed, is_context), static, atol=1e-6)

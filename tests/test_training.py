@@ -108,6 +108,8 @@ def test_config_values_are_type_checked():
         load_config(None, ["--train.export_dtype", "bfloat16"])
     with pytest.raises(ValueError, match="data.stream must be >= 0, got -1"):
         load_config(None, ["--data.stream", "-1"])
+    with pytest.raises(ValueError, match="train.compile_mode must be one of default, reduce-overhead"):
+        load_config(None, ["--train.compile_mode", "fast"])
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
@@ -265,3 +267,33 @@ def test_init_from_can_gain_a_learned_temperature(tmp_path, tiny_model_path):
         train(tiny_config(tmp_path / "u", "--train.init_from", str(gained.path), "--train.max_steps", "1"))
     with pytest.raises(ValueError, match="learned_temperature sharpens a bar distribution"):
         tiny_config(tmp_path / "v", "--model.head", "categorical", "--model.learned_temperature", "true")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--model.learned_temperature", "true"],
+        ["--data.standardize_y", "true"],
+        ["--prior", "{name: gmm}", "--model.head", "categorical"],
+    ],
+)
+def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
+    config = tiny_config(tmp_path, *extra)
+    module = PFNModule(config.to_dict())
+    module.setup("fit")
+    static = PFNModule(tiny_config(tmp_path, *extra, "--train.static_shapes", "true").to_dict())
+    static.load_state_dict(module.state_dict())
+    if config.model.learned_temperature:  # away from zero, so the temperature takes part
+        torch.nn.init.normal_(module.backbone.log_temperature.weight, std=0.1)
+        static.load_state_dict(module.state_dict())
+    shapes = set()
+    for step in range(4):  # batches of different context and feature counts
+        batch = draw_training_batch(module.prior, config, step)
+        shapes.add((batch["num_context"], batch["x"].shape[-1]))
+        module.zero_grad(), static.zero_grad()
+        loss, static_loss = module.loss(batch), static.loss(batch)
+        loss.backward(), static_loss.backward()
+        assert torch.allclose(loss, static_loss, atol=1e-5)
+        for (name, a), b in zip(module.named_parameters(), static.parameters(), strict=True):
+            assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+    assert len(shapes) > 1

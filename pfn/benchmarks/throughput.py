@@ -42,7 +42,7 @@ import torch
 
 from pfn.config import Config
 from pfn.heads import borders_from_samples
-from pfn.training import PFNModule, PriorDataModule, draw_training_batch, make_trainer
+from pfn.training import PFNModule, PriorDataModule, compile_backbone, draw_training_batch, make_trainer
 from priors import GPPrior, Prior, build_prior
 
 # The prior of configs/gp.yaml (the PFN paper's fixed GP hyperparameters); a test checks they agree.
@@ -79,9 +79,14 @@ SDPA_OPS = {
 
 
 def preset_config(
-    name: str, quick: bool = False, compile: bool = False, prefetch: bool = False, output_dir: str = "runs/bench"
+    name: str,
+    quick: bool = False,
+    prefetch: bool = False,
+    output_dir: str = "runs/bench",
+    speed: dict[str, Any] | None = None,
 ) -> Config:
-    """The training config of a preset: GP prior, fixed feature count, context size drawn per batch."""
+    """The training config of a preset: GP prior, fixed feature count, context size drawn per batch.
+    `speed` sets the train options that change how a step runs: compile, compile_mode, static_shapes."""
     sizes = {**PRESETS[name], **(QUICK if quick else {})}
     features = sizes["features"]
     return Config.from_dict(
@@ -108,8 +113,8 @@ def preset_config(
                 "checkpoint_every": 10**9,
                 "log_every": 50,
                 "progress_bar": False,
-                "compile": compile,
                 "output_dir": output_dir,
+                **(speed or {}),
             },
         }
     ).validate()
@@ -296,13 +301,13 @@ def measure_model_step(config: Config, device: torch.device, warmup_s: float, se
     prior = build_prior(config.prior)
     module = build_module(config, prior, device).to(device)
     if config.train.compile:
-        module.backbone = torch.compile(module.backbone)  # as `train` does
+        compile_backbone(module)
     # The batches training sees at steps 0-7: a spread of context sizes.
     batches = [draw_training_batch(prior, config, step, 0, device) for step in range(8)]
     step = model_step_function(module, batches, config, device)
     if config.train.compile:
-        # Every context size once before timing: the first two compile (static, then dynamic
-        # shapes), and the window must not include a compilation.
+        # Every context size once before timing: with dynamic shapes the first two compile
+        # (static, then dynamic shapes), and the window must not include a compilation.
         for _ in batches:
             step()
     result = rates(**timed_loop(step, device, warmup_s, seconds), config=config)
@@ -415,7 +420,7 @@ def measure_end_to_end(config: Config, device: torch.device, warmup_s: float, se
     prior = build_prior(config.prior)
     module = build_module(config, prior, device)
     if config.train.compile:
-        module.backbone = torch.compile(module.backbone)  # as `train` does
+        compile_backbone(module)
     window = ThroughputWindow(device, warmup_s, seconds)
     trainer = make_trainer(config, callbacks=[window])
     trainer.fit(module, datamodule=PriorDataModule(config))
@@ -502,7 +507,7 @@ def run_throughput(
     presets: list[str],
     out: Path | None = None,
     quick: bool = False,
-    compile: bool = False,
+    speed: dict[str, Any] | None = None,
     warmup_s: float | None = None,
     seconds: float | None = None,
 ) -> dict[str, Any]:
@@ -517,7 +522,7 @@ def run_throughput(
         "benchmark": "train_throughput",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
-        "settings": {"quick": quick, "compile": compile, "warmup_s": warmup_s, "seconds": seconds},
+        "settings": {"quick": quick, **(speed or {}), "warmup_s": warmup_s, "seconds": seconds},
         "environment": environment(device),
         "reference": REFERENCE,
         "targets": TARGETS,
@@ -531,9 +536,9 @@ def run_throughput(
 
     with tempfile.TemporaryDirectory() as output_dir:
         for name in presets:
-            config = preset_config(name, quick=quick, compile=compile, output_dir=f"{output_dir}/{name}")
+            config = preset_config(name, quick=quick, output_dir=f"{output_dir}/{name}", speed=speed)
             prefetched = preset_config(
-                name, quick=quick, compile=compile, prefetch=True, output_dir=f"{output_dir}/{name}-prefetch"
+                name, quick=quick, prefetch=True, output_dir=f"{output_dir}/{name}-prefetch", speed=speed
             )
             preset: dict[str, Any] = {
                 "quick": quick,
@@ -595,9 +600,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="all", help=f"{', '.join(PRESETS)} or all")
     parser.add_argument("--out", help="JSON file to write")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and windows (a CPU smoke test)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (train.compile)")
+    add_speed_arguments(parser)
     parser.add_argument("--warmup", type=float, help="warm-up seconds before the end-to-end window (default 2.5)")
     parser.add_argument("--seconds", type=float, help="measurement window in seconds (default 5)")
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (train.compile)")
+    parser.add_argument("--compile_mode", default="default", help="torch.compile mode (train.compile_mode)")
+    parser.add_argument(
+        "--static_shapes", action="store_true", help="one shape for every batch, context by mask (train.static_shapes)"
+    )
+
+
+def speed_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"compile": args.compile, "compile_mode": args.compile_mode, "static_shapes": args.static_shapes}
 
 
 def run_from_args(args: argparse.Namespace) -> None:
@@ -606,7 +623,7 @@ def run_from_args(args: argparse.Namespace) -> None:
         presets,
         out=Path(args.out) if args.out else None,
         quick=args.quick,
-        compile=args.compile,
+        speed=speed_options(args),
         warmup_s=args.warmup,
         seconds=args.seconds,
     )
