@@ -263,15 +263,26 @@ def summarise_profile(
     kernels_run = [event for event in events if event.device_type == torch.autograd.DeviceType.CUDA]
     busy_ms = sum(self_ms(event) for event in kernels_run) if on_gpu else None
     ranked = sorted(events, key=self_ms, reverse=True)[:top]
+
+    def host_ms(event) -> float:  # per step
+        return event.self_cpu_time_total / 1e3 / steps
+
+    def listed(chosen: list, time_ms: Callable) -> list[dict[str, Any]]:
+        return [
+            {"name": event.key[:120], "self_ms_per_step": time_ms(event), "calls_per_step": event.count / steps}
+            for event in chosen
+        ]
+
+    # A host-bound step is as long as its operators' dispatch: how many there are, and which cost most.
+    operators = [event for event in events if event.key.startswith("aten::")]
     return {
         "sdpa": {"backends": sorted(ops), "ops": sorted(ops.values()), "kernels": kernels[:8]},
         "steps": steps,
         "wall_ms_per_step": wall_s * 1e3 / steps,
         "device_busy_ms_per_step": busy_ms,
-        "top_ops": [
-            {"name": event.key[:120], "self_ms_per_step": self_ms(event), "calls_per_step": event.count / steps}
-            for event in ranked
-        ],
+        "operators_per_step": sum(event.count for event in operators) / steps,
+        "top_ops": listed(ranked, self_ms),
+        "top_host_ops": listed(sorted(events, key=host_ms, reverse=True)[:top], host_ms),
     }
 
 
