@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument(
         "--static_shapes", action="store_true", help="train: one shape for every batch (train.static_shapes)"
     )
+    bench.add_argument("--measure", help="train: some of prior,cholesky,model_step,end_to_end,end_to_end_prefetch")
     bench.add_argument("--warmup", type=float, help="train: warm-up seconds (default 2.5)")
     bench.add_argument("--seconds", type=float, help="train: measurement window in seconds (default 5)")
     bench.set_defaults(run=_bench)

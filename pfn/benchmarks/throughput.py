@@ -69,6 +69,8 @@ TARGETS = {
     for name, ref in REFERENCE.items()
 }
 
+MEASUREMENTS = ("prior", "cholesky", "model_step", "end_to_end", "end_to_end_prefetch")
+
 SDPA_OPS = {
     "aten::_scaled_dot_product_flash_attention": "flash",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
@@ -519,13 +521,18 @@ def run_throughput(
     out: Path | None = None,
     quick: bool = False,
     speed: dict[str, Any] | None = None,
+    measure: list[str] | None = None,
     warmup_s: float | None = None,
     seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Measure each preset (end to end, model step, prior); print a table; write JSON to `out`."""
+    """Measure each preset (end to end, model step, prior; or those in `measure`); print a table;
+    write JSON to `out`."""
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)} or all, got {', '.join(unknown)}")
+    unknown = [m for m in measure or [] if m not in MEASUREMENTS]
+    if unknown:
+        raise ValueError(f"measurements must be among {', '.join(MEASUREMENTS)}, got {', '.join(unknown)}")
     warmup_s = warmup_s if warmup_s is not None else (0.2 if quick else 2.5)
     seconds = seconds if seconds is not None else (0.5 if quick else 5.0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -564,9 +571,12 @@ def run_throughput(
                 ("end_to_end", functools.partial(measure_end_to_end, config, device, warmup_s, seconds)),
                 ("end_to_end_prefetch", functools.partial(measure_end_to_end, prefetched, device, warmup_s, seconds)),
             ]
-            for key, measure in measurements:
+            for key, measurement in measurements:
+                if measure and key not in measure:
+                    preset[key] = {"skipped": "not asked for (--measure)"}
+                    continue
                 print(f"[{name}] {key} ...", flush=True)
-                preset[key] = guarded(measure, device)
+                preset[key] = guarded(measurement, device)
                 save()
             preset["summary"] = summarise(name, preset, on_gpu=device.type == "cuda")
             save()
@@ -612,6 +622,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="JSON file to write")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and windows (a CPU smoke test)")
     add_speed_arguments(parser)
+    parser.add_argument("--measure", help=f"some of {','.join(MEASUREMENTS)} (default: all)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before the end-to-end window (default 2.5)")
     parser.add_argument("--seconds", type=float, help="measurement window in seconds (default 5)")
 
@@ -635,6 +646,7 @@ def run_from_args(args: argparse.Namespace) -> None:
         out=Path(args.out) if args.out else None,
         quick=args.quick,
         speed=speed_options(args),
+        measure=args.measure.split(",") if args.measure else None,
         warmup_s=args.warmup,
         seconds=args.seconds,
     )
