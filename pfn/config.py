@@ -157,6 +157,8 @@ class Config:
             raise ValueError(
                 f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.train.compile_mode!r}"
             )
+        if self.train.compile_mode != "default" and not self.train.compile:
+            raise ValueError(f"train.compile_mode {self.train.compile_mode!r} needs train.compile: true")
         if self.train.max_minutes is not None and not self.train.max_minutes > 0:
             raise ValueError(f"train.max_minutes must be a positive number of minutes, got {self.train.max_minutes}")
         return self

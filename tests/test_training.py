@@ -110,6 +110,8 @@ def test_config_values_are_type_checked():
         load_config(None, ["--data.stream", "-1"])
     with pytest.raises(ValueError, match="train.compile_mode must be one of default, reduce-overhead"):
         load_config(None, ["--train.compile_mode", "fast"])
+    with pytest.raises(ValueError, match="train.compile_mode 'reduce-overhead' needs train.compile: true"):
+        load_config(None, ["--train.compile_mode", "reduce-overhead"])
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
