@@ -109,8 +109,11 @@ class RiemannDistribution:
 
     def _bucket_of(self, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Index of the bucket holding each value; tails own everything beyond b_1 / b_{K-1}."""
-        if self.borders.ndim == 1:  # borders shared by every point (as in training): no per-point copy
-            return torch.searchsorted(self.borders[1:-1], value.contiguous(), right=True)
+        if all(stride == 0 for stride in self.borders.stride()[:-1]):
+            # Borders shared by every point (as in training), expanded as a view: search the one
+            # row rather than a per-point copy (a [batch, queries, K] copy per training step).
+            shared = self.borders[(0,) * (self.borders.ndim - 1)]
+            return torch.searchsorted(shared[1:-1].contiguous(), value.contiguous(), right=True)
         inner = self._expand(self.borders[..., 1:-1], shape).contiguous()
         return torch.searchsorted(inner, value.unsqueeze(-1).contiguous(), right=True).squeeze(-1)
 

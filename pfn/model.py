@@ -47,11 +47,20 @@ class ContextAttention(nn.Module):
         else:
             context, mask = tokens, rearrange(keys, "n -> 1 1 1 n")  # the same for every dataset, head and query
         k, v = rearrange(self.key_value(context), "b n (two h d) -> two b h n d", two=2, h=self.nhead)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
+            # Training in bfloat16 on a CPU: the CPU attention kernel's backward is 6x slower in
+            # bfloat16 than in float32 (gp config, one thread), so attention alone runs in float32.
+            with torch.autocast("cpu", enabled=False):
+                attended = self.attend(q.float(), k.float(), v.float(), mask)
+        else:
+            attended = self.attend(q, k, v, mask)
+        return self.out(rearrange(attended, "b h n d -> b n (h d)"))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         with sdpa_kernel(ATTENTION_BACKENDS):
-            attended = F.scaled_dot_product_attention(
+            return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
             )
-        return self.out(rearrange(attended, "b h n d -> b n (h d)"))
 
 
 class Block(nn.Module):

@@ -165,3 +165,14 @@ def test_nearest_to_a_normal_is_the_lowest_expected_nll_on_those_borders():
     ]
     assert gaps[0] == pytest.approx(0.15**2 / (24 * 0.4**2), rel=0.2)
     assert abs(gaps[1]) < 1e-4
+
+
+def test_shared_and_per_point_borders_give_the_same_log_prob():
+    # Shared borders (an expanded view) take a one-row search; per-point borders a batched one.
+    g = torch.Generator().manual_seed(0)
+    borders = torch.linspace(-2, 2, 9)
+    logits = torch.randn(3, 4, 8, generator=g)
+    y = torch.randn(3, 4, generator=g) * 2
+    shared = RiemannDistribution(logits, borders)
+    per_point = RiemannDistribution(logits, borders.expand(3, 4, 9).contiguous())
+    assert torch.allclose(shared.log_prob(y), per_point.log_prob(y))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pfn.distributions import RiemannDistribution
-from pfn.model import PFNTransformer, pad_features
+from pfn.model import ContextAttention, PFNTransformer, pad_features
 
 
 @pytest.fixture
@@ -99,3 +99,25 @@ def test_static_shape_forward_predicts_what_forward_does(num_context, kind):
     changed = y.clone()
     changed[:, num_context:] = changed[:, num_context:].flip(-1) + (0 if classes else 5.0)
     assert torch.allclose(model.forward_static(pad_features(x, 3), changed, is_context), static, atol=1e-6)
+
+
+def test_bfloat16_training_on_a_cpu_runs_attention_in_float32(model, monkeypatch):
+    # The CPU attention kernel's backward is several times slower in bfloat16 (see ContextAttention).
+    seen = []
+    attend = ContextAttention.attend
+
+    def recording(self, q, k, v, mask):
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return attend(self, q, k, v, mask)
+
+    monkeypatch.setattr(ContextAttention, "attend", recording)
+    x_context, y_context, x_query = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.train()(x_context, y_context, x_query)
+    out.float().sum().backward()
+    assert seen == [(torch.float32, False)] * 2  # two layers
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    seen.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # inference keeps bfloat16
+        model.eval()(x_context, y_context, x_query)
+    assert seen == [(torch.bfloat16, True)] * 2
