@@ -76,3 +76,15 @@ def test_gpu_model_step_uses_fused_attention_and_does_not_sync(tmp_path):
     assert {"flash", "efficient", "cudnn"} & set(preset["model_step"]["sdpa"]["backends"])
     assert preset["model_step"]["sync_probe"]["syncs"] == 0
     assert preset["end_to_end_prefetch"]["datasets_per_s"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_gpu_static_shapes_compile_and_run_a_fused_kernel(tmp_path, mode):
+    speed = {"static_shapes": True, "compile": True, "compile_mode": mode}
+    run_throughput(["small"], out=tmp_path / "t.json", quick=True, speed=speed, warmup_s=0.5, seconds=0.5)
+    preset = json.loads((tmp_path / "t.json").read_text())["presets"]["small"]
+    assert preset["model_step"]["datasets_per_s"] > 0, preset["model_step"]
+    assert preset["end_to_end"]["datasets_per_s"] > 0, preset["end_to_end"]
+    assert preset["model_step"]["sync_probe"]["syncs"] == 0
