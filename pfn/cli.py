@@ -136,6 +136,17 @@ def _models(args: argparse.Namespace, overrides: list[str]) -> None:
         print(f"training config written to {cards[0].write_config(args.write_config)}")
 
 
+def _compare(args: argparse.Namespace, overrides: list[str]) -> None:
+    from pfn.benchmarks.compare import run_compare
+
+    def numbers(text: str | None) -> list[int] | None:
+        return [int(value) for value in text.split(",")] if text else None
+
+    run_compare(
+        args.new, args.old, numbers(args.context), numbers(args.features), args.datasets, args.queries, args.seed
+    )
+
+
 def _example(args: argparse.Namespace, overrides: list[str]) -> None:
     from pfn.example import run_example
 
@@ -217,6 +228,18 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--warmup", type=float, help="train: warm-up seconds (default 2.5)")
     bench.add_argument("--seconds", type=float, help="train: measurement window in seconds (default 5)")
     bench.set_defaults(run=_bench)
+
+    compare = commands.add_parser(
+        "compare", help="which of two models of one prior predicts its datasets better (paired NLL difference)"
+    )
+    compare.add_argument("new", help="shipped model name or .pfn path")
+    compare.add_argument("old", help="shipped model name or .pfn path")
+    compare.add_argument("--context", help="context sizes, e.g. 10,50,100 (default: 1, 10, 50 and the longest)")
+    compare.add_argument("--features", help="feature counts (default: every one the model was trained on)")
+    compare.add_argument("--datasets", type=int, default=1000, help="datasets per context size")
+    compare.add_argument("--queries", type=int, default=20, help="query points per dataset")
+    compare.add_argument("--seed", type=int, default=999)
+    compare.set_defaults(run=_compare)
 
     example = commands.add_parser("example", help="predict a dataset from the model's prior, next to the exact GP")
     example.add_argument("--model", default="gp")
