@@ -85,7 +85,8 @@ class TrainConfig:
     # kernels (benchmarks/README.md). `static_shapes` runs every batch at one shape (the context
     # marked by an attention mask; same predictions, attention over all points instead of the
     # context), so that `compile` builds one graph and "reduce-overhead" can replay it as a CUDA
-    # graph. `compile` without `static_shapes` compiles with dynamic shapes.
+    # graph. `compile` without `static_shapes` compiles with dynamic shapes (which failed in the
+    # backward on torch 2.11 on an H100: results/throughput-h100-2026-11-26-compile-error.json).
     static_shapes: bool = False
     compile: bool = False
     compile_mode: str = "default"  # torch.compile's mode: see COMPILE_MODES
