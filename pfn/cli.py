@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pfn.benchmarks.train_arguments import add_arguments as add_train_arguments
+
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     from pfn.config import load_config
@@ -216,17 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         "--mcmc_cache", help="lc, bnn, gp-hyper: JSON file of MCMC results to reuse and extend (independent of the PFN)"
     )
     # `pfn bench train`: training throughput (pfn/benchmarks/throughput.py)
-    bench.add_argument("--preset", default="all", help="train: paper, small or all")
-    bench.add_argument("--out", help="train: JSON file to write")
-    bench.add_argument("--quick", action="store_true", help="train: tiny sizes and windows (a CPU smoke test)")
-    bench.add_argument("--compile", action="store_true", help="train: torch.compile the network")
-    bench.add_argument("--compile_mode", default="default", help="train: torch.compile mode (train.compile_mode)")
-    bench.add_argument(
-        "--static_shapes", action="store_true", help="train: one shape for every batch (train.static_shapes)"
-    )
-    bench.add_argument("--measure", help="train: some of prior,cholesky,model_step,end_to_end,end_to_end_prefetch")
-    bench.add_argument("--warmup", type=float, help="train: warm-up seconds (default 2.5)")
-    bench.add_argument("--seconds", type=float, help="train: measurement window in seconds (default 5)")
+    add_train_arguments(bench, prefix="train: ")
     bench.set_defaults(run=_bench)
 
     compare = commands.add_parser(

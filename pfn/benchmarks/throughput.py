@@ -40,6 +40,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from pfn.benchmarks.train_arguments import MEASUREMENTS, add_arguments, speed_options
 from pfn.config import Config
 from pfn.heads import borders_from_samples
 from pfn.training import PFNModule, PriorDataModule, compile_backbone, draw_training_batch, make_trainer
@@ -68,8 +69,6 @@ TARGETS = {
     name: {"end_to_end": 10 * ref["end_to_end"] if name == "paper" else 4000.0, "model_step": 1.5 * ref["model_step"]}
     for name, ref in REFERENCE.items()
 }
-
-MEASUREMENTS = ("prior", "cholesky", "model_step", "end_to_end", "end_to_end_prefetch")
 
 SDPA_OPS = {
     "aten::_scaled_dot_product_flash_attention": "flash",
@@ -615,28 +614,6 @@ def main(argv: list[str] | None = None) -> None:
     add_arguments(parser)
     args = parser.parse_args(argv)
     run_from_args(args)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="all", help=f"{', '.join(PRESETS)} or all")
-    parser.add_argument("--out", help="JSON file to write")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and windows (a CPU smoke test)")
-    add_speed_arguments(parser)
-    parser.add_argument("--measure", help=f"some of {','.join(MEASUREMENTS)} (default: all)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds before the end-to-end window (default 2.5)")
-    parser.add_argument("--seconds", type=float, help="measurement window in seconds (default 5)")
-
-
-def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network (train.compile)")
-    parser.add_argument("--compile_mode", default="default", help="torch.compile mode (train.compile_mode)")
-    parser.add_argument(
-        "--static_shapes", action="store_true", help="one shape for every batch, context by mask (train.static_shapes)"
-    )
-
-
-def speed_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"compile": args.compile, "compile_mode": args.compile_mode, "static_shapes": args.static_shapes}
 
 
 def run_from_args(args: argparse.Namespace) -> None:
