@@ -176,20 +176,20 @@ class PFNModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Clipped here rather than by the Trainer, whose AMP plugin refuses fused AdamW.
+        parameters = [parameter for parameter in self.parameters() if parameter.grad is not None]
         if self.config.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.train.grad_clip)
-        # A non-finite gradient (a rare bf16 overflow) would turn every weight into NaN for good;
-        # zeroing it makes that step a no-op without a host-device sync to check for it. (A NaN
-        # norm above has already made every gradient NaN, so the whole step is zeroed.)
-        for parameter in self.parameters():
-            if parameter.grad is not None:
-                parameter.grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            norm = torch.nn.utils.clip_grad_norm_(parameters, self.config.train.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([parameter.grad for parameter in parameters])
+        # A non-finite gradient (a rare bf16 overflow) would turn every weight into NaN for good.
+        # Fused AdamW skips its whole step, on the device, when `found_inf` is nonzero (the way
+        # torch's GradScaler uses it), so this costs no host-device synchronisation to check.
+        optimizer.found_inf = (~torch.isfinite(norm)).float()
 
     def configure_optimizers(self):
         train = self.config.train
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=self.device.type == "cuda"
-        )
+        # Fused: one kernel for all parameters, and the only AdamW that honours `found_inf`.
+        optimizer = torch.optim.AdamW(self.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
         def warmup_cosine(step: int) -> float:
             if step < train.warmup_steps:

@@ -19,12 +19,37 @@ from priors.hyperpriors import Hyperparameter, check_hyperparameter, sample_hype
 KERNELS = ("rbf", "matern12", "matern32", "matern52")
 
 
-def make_kernel(name: str) -> gpytorch.kernels.Kernel:
-    """A unit-lengthscale GPyTorch kernel; lengthscales are applied by scaling the inputs."""
+class _SelfCovariance:
+    """Mixin for a GPyTorch kernel that is only ever evaluated as k(x, x), as the prior does.
+
+    GPyTorch asks `torch.equal(x1, x2)` on every call, which makes the host wait for the GPU to
+    finish all the work queued so far: a host-device synchronisation per training batch. Here
+    the answer is known, and GPyTorch's own distance functions are told it.
+    """
+
+    def covar_dist(self, x1, x2, diag=False, last_dim_is_batch=False, square_dist=False, **params):
+        if diag or last_dim_is_batch:
+            return super().covar_dist(x1, x2, diag, last_dim_is_batch, square_dist, **params)
+        distance = gpytorch.kernels.kernel.sq_dist if square_dist else gpytorch.kernels.kernel.dist
+        return distance(x1, x2, x1_eq_x2=True)
+
+
+class _RBFSelfCovariance(_SelfCovariance, gpytorch.kernels.RBFKernel):
+    pass
+
+
+class _MaternSelfCovariance(_SelfCovariance, gpytorch.kernels.MaternKernel):
+    pass
+
+
+def make_kernel(name: str, same_inputs: bool = False) -> gpytorch.kernels.Kernel:
+    """A unit-lengthscale GPyTorch kernel; lengthscales are applied by scaling the inputs.
+    `same_inputs`: the kernel is only ever called as k(x, x), which spares GPyTorch checking."""
     if name == "rbf":
-        kernel = gpytorch.kernels.RBFKernel()
+        kernel = _RBFSelfCovariance() if same_inputs else gpytorch.kernels.RBFKernel()
     elif name in ("matern12", "matern32", "matern52"):
-        kernel = gpytorch.kernels.MaternKernel(nu={"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[name])
+        matern = _MaternSelfCovariance if same_inputs else gpytorch.kernels.MaternKernel
+        kernel = matern(nu={"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[name])
     else:
         raise ValueError(f"unknown kernel {name!r}; known kernels: {', '.join(KERNELS)}")
     kernel.lengthscale = 1.0
@@ -32,11 +57,33 @@ def make_kernel(name: str) -> gpytorch.kernels.Kernel:
     return kernel
 
 
-def stable_cholesky(matrix: torch.Tensor, jitter: float, max_tries: int = 6) -> torch.Tensor:
-    """Cholesky factor of a batch of PSD matrices, adding growing jitter to those that fail."""
+def cholesky_cannot_fail(num_points: int, jitter: float, dtype: torch.dtype) -> bool:
+    """Whether the Cholesky factorisation of K + jitter * I, for an n x n PSD K with unit diagonal,
+    is certain to succeed in `dtype` arithmetic.
+
+    Its smallest eigenvalue is at least `jitter`, and the factorisation succeeds once the
+    smallest eigenvalue of the matrix scaled to unit diagonal exceeds about n (n + 1) u, u the unit
+    roundoff (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., Theorem 10.7); the
+    factor 10 leaves room for the rounding errors of computing K itself. In float64 with the
+    default jitter 1e-6 that holds up to ~30,000 points; in float32 never for useful sizes.
+    """
+    unit_roundoff = torch.finfo(dtype).eps / 2
+    return jitter / (1 + jitter) > 10 * num_points * (num_points + 1) * unit_roundoff
+
+
+def stable_cholesky(matrix: torch.Tensor, jitter: float, max_tries: int = 6, check: bool = True) -> torch.Tensor:
+    """Cholesky factor of a batch of PSD matrices, adding growing jitter to those that fail.
+
+    Checking for failures waits for the device (a host-device synchronisation); `check=False`
+    skips it, for matrices where `cholesky_cannot_fail` says there is nothing to check. Should one
+    fail anyway, its factor is NaN rather than the half-finished one LAPACK leaves, so that nothing
+    downstream takes it for data.
+    """
     eye = torch.eye(matrix.shape[-1], device=matrix.device, dtype=matrix.dtype)
     scale = matrix.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)  # [batch]
     factor, info = torch.linalg.cholesky_ex(matrix + jitter * scale[:, None, None] * eye)
+    if not check:
+        return torch.where(rearrange(info == 0, "b -> b 1 1"), factor, torch.nan)
     for attempt in range(1, max_tries):
         failed = info > 0
         if not failed.any():
@@ -92,20 +139,18 @@ class GPPrior(Prior):
         self.noise = noise
         self.x_range = (float(x_range[0]), float(x_range[1]))
         self.jitter = jitter
-        self._kernel = make_kernel(kernel)
+        self._kernel = make_kernel(kernel, same_inputs=True)
 
     @property
     def has_fixed_hyperparameters(self) -> bool:
         return all(isinstance(v, (int, float)) for v in (self.lengthscale, self.outputscale, self.noise))
 
-    def covariance(
-        self, x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor, outputscale: torch.Tensor
-    ) -> torch.Tensor:
-        """outputscale * k(x1 / lengthscale, x2 / lengthscale): [batch, n1, n2], noise-free."""
-        kernel = self._kernel.to(device=x1.device, dtype=x1.dtype)
-        scale = rearrange(lengthscale, "b -> b 1 1")
+    def covariance(self, x: torch.Tensor, lengthscale: torch.Tensor, outputscale: torch.Tensor) -> torch.Tensor:
+        """outputscale * k(x / lengthscale, x / lengthscale): [batch, n, n], noise-free."""
+        kernel = self._kernel.to(device=x.device, dtype=x.dtype)
+        scaled = x / rearrange(lengthscale, "b -> b 1 1")
         with torch.no_grad():
-            k = kernel.forward(x1 / scale, x2 / scale)
+            k = kernel.forward(scaled, scaled)
         return rearrange(outputscale, "b -> b 1 1") * k
 
     def sample(self, batch_size, num_points, num_features, generator, device="cpu") -> PriorBatch:
@@ -118,7 +163,10 @@ class GPPrior(Prior):
         outputscale = sample_hyperparameter(self.outputscale, batch_size, generator, device, dtype)
         noise = sample_hyperparameter(self.noise, batch_size, generator, device, dtype)
 
-        factor = stable_cholesky(self.covariance(x, x, lengthscale, outputscale), self.jitter)
+        # The kernels are stationary, so the covariance has a constant diagonal (the outputscale)
+        # and `cholesky_cannot_fail` applies to it scaled by that.
+        check = not cholesky_cannot_fail(num_points, self.jitter, dtype)
+        factor = stable_cholesky(self.covariance(x, lengthscale, outputscale), self.jitter, check=check)
         white = torch.randn(batch_size, num_points, 1, generator=generator, device=device, dtype=dtype)
         f = (factor @ white).squeeze(-1)  # [batch, points]
         eps = torch.randn(batch_size, num_points, generator=generator, device=device, dtype=dtype)

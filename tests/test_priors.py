@@ -1,10 +1,11 @@
 """Priors: determinism per seed, shapes, the GP's covariance, registry and mixtures."""
 
+import gpytorch
 import pytest
 import torch
 
 from priors import GPPrior, MixturePrior, Prior, PriorBatch, available_priors, build_prior, register_prior
-from priors.gp import make_kernel
+from priors.gp import cholesky_cannot_fail, make_kernel, stable_cholesky
 
 
 def draw(prior: Prior, seed: int, batch=4, points=20, features=3) -> PriorBatch:
@@ -52,6 +53,38 @@ def test_hyperpriors_vary_per_dataset_and_are_deterministic():
         "x_range": [0.0, 1.0],
         "jitter": 1e-6,
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "stock"),
+    [
+        ("rbf", gpytorch.kernels.RBFKernel()),
+        ("matern12", gpytorch.kernels.MaternKernel(nu=0.5)),
+        ("matern52", gpytorch.kernels.MaternKernel(nu=2.5)),
+    ],
+)
+def test_prior_kernels_are_gpytorchs(name, stock):
+    # The prior's kernels skip GPyTorch's torch.equal(x1, x2) (a host-device sync); same values.
+    x = torch.rand(3, 50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    stock.lengthscale = 1.0
+    with torch.no_grad():
+        ours = make_kernel(name, same_inputs=True).double().forward(x, x)
+        theirs = stock.double().forward(x, x)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
+
+
+def test_cholesky_needs_checking_only_where_it_can_fail():
+    assert cholesky_cannot_fail(2000, 1e-6, torch.float64)
+    assert not cholesky_cannot_fail(100_000, 1e-6, torch.float64)
+    assert not cholesky_cannot_fail(200, 1e-6, torch.float32)  # float32 does fail there (issue 7 bench)
+    assert not cholesky_cannot_fail(10, 0.0, torch.float64)
+    # A rank-one matrix needs more than no jitter: checked, it gets it; unchecked, a failure is NaN.
+    ones = torch.ones(2, 30, 30, dtype=torch.float64)
+    assert torch.isnan(stable_cholesky(ones, jitter=1e-16, check=False)).all()  # 1 + 1e-16 == 1
+    factor = stable_cholesky(ones, jitter=1e-16, check=True)
+    assert torch.allclose(factor @ factor.mT, ones, atol=1e-4)
+    good = stable_cholesky(ones + torch.eye(30), jitter=1e-6, check=False)
+    assert torch.allclose(good @ good.mT, ones + torch.eye(30), atol=1e-4)
 
 
 def test_stable_for_two_thousand_points():

@@ -59,6 +59,31 @@ def test_resume_after_a_crash_loses_no_steps(tmp_path):
         assert torch.allclose(value, resumed.backbone.state_dict()[key], atol=1e-6), key
 
 
+class PoisonGradients(L.Callback):
+    """Makes one step's gradients non-finite and keeps the weights before and after that step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.weights[trainer.global_step] = {k: v.clone() for k, v in module.state_dict().items()}
+
+    def on_after_backward(self, trainer, module):
+        if trainer.global_step == self.step:
+            for index, parameter in enumerate(module.parameters()):
+                parameter.grad.fill_(float("nan") if index % 2 else float("inf"))
+
+
+def test_a_step_with_non_finite_gradients_changes_nothing(tmp_path):
+    poison = PoisonGradients(step=3)
+    model = pfn.load(train(tiny_config(tmp_path, "--train.max_steps", "6"), callbacks=[poison]))
+    before, after = poison.weights[3], poison.weights[4]
+    assert all(torch.equal(before[key], after[key]) for key in before)  # no update, no weight decay
+    assert any(not torch.equal(after[key], poison.weights[5][key]) for key in after)  # the next step trains
+    assert all(torch.isfinite(value).all() for value in model.backbone.state_dict().values())
+
+
 def test_checkpoint_round_trip(tmp_path, tiny_model_path):
     model = pfn.load(tiny_model_path)
     payload = read_checkpoint(tiny_model_path)

@@ -220,7 +220,7 @@ def model_step_function(module: PFNModule, batches: list[dict[str, Any]], config
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = module.loss(batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), config.train.grad_clip)
+        module.on_before_optimizer_step(optimizer)  # clipping and the non-finite guard, as in training
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -356,7 +356,7 @@ def cholesky_precision(config: Config, device: torch.device, repeats: int = 3) -
     x = torch.rand(data.batch_size, data.num_points, data.min_features, generator=generator, device=device)
     x = x.double()
     batch = torch.ones(data.batch_size, device=device, dtype=torch.float64)
-    kernel = prior.covariance(x, x, prior.lengthscale * batch, prior.outputscale * batch)
+    kernel = prior.covariance(x, prior.lengthscale * batch, prior.outputscale * batch)
     eye = torch.eye(data.num_points, device=device, dtype=torch.float64)
     matrices = {
         "f_jitter": kernel + prior.jitter * eye,  # the prior's own first try (unit mean diagonal)
