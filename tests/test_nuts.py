@@ -124,6 +124,8 @@ def test_bench_bnn_end_to_end(tmp_path, monkeypatch):
             assert math.isfinite(row[f"{method}_nll"]) and math.isfinite(row[f"{method}_nll_se"])
         assert row["pfn_seconds_single"] > 0 and row["nuts-6_seconds"] > 0
         assert row["difference"] == pytest.approx(row["pfn_nll"] - row["nuts-6_nll"])
+        assert row["pfn_nll"] == pytest.approx(np.mean(row["per_dataset"]["pfn_nll"]))
+        assert row["nuts-6_nll"] == pytest.approx(np.mean(row["per_dataset"]["nuts-6_nll"]))
     markdown = next(tmp_path.glob("bnn-*.md")).read_text()
     assert "| context | PFN | nuts-6 |" in markdown and "speedup" in markdown
 
@@ -147,3 +149,13 @@ def test_bench_bnn_end_to_end(tmp_path, monkeypatch):
     gp_path = train(gp_config)
     with pytest.raises(SystemExit, match="--force"):
         main(["bench", "bnn", "--model", str(gp_path), "--out_dir", str(tmp_path / "refused")])
+
+    # gp-hyper (forced onto configs/gp_hyper.yaml's prior): type-II ML too, and per dataset how
+    # sharp its predictive is and how much wider the PFN's.
+    main(["bench", "gp-hyper", "--model", str(gp_path), "--force", *args[4:], "--out_dir", str(tmp_path / "gph")])
+    result = json.loads(next((tmp_path / "gph").glob("gp-hyper-*.json")).read_text())
+    for row in result["rows"]:
+        per_dataset = row["per_dataset"]
+        assert len(per_dataset["type2ml_std_over_context_std"]) == 2
+        assert all(ratio > 0 for ratio in per_dataset["pfn_std_over_type2ml_std"])
+        assert math.isfinite(row["type2ml_nll"]) and math.isfinite(row["type2ml_on_buckets"])

@@ -31,7 +31,8 @@ def standard_error(values: torch.Tensor) -> float:
 
 
 def average_by_context(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Average the rows of each context size over feature counts (standard errors combined)."""
+    """Average the rows of each context size over feature counts (standard errors combined);
+    what is not a number (per-dataset lists) stays in the rows."""
     by_context: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         by_context.setdefault(row["context"], []).append(row)
@@ -39,7 +40,7 @@ def average_by_context(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for context, group in by_context.items():
         averaged: dict[str, Any] = {"context": context}
         for key in group[0]:
-            if key in ("context", "features"):
+            if key in ("context", "features") or not isinstance(group[0][key], (int, float)):
                 continue
             if key.endswith("_se"):
                 averaged[key] = math.sqrt(sum(r[key] ** 2 for r in group)) / len(group)
