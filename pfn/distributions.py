@@ -49,7 +49,12 @@ class RiemannDistribution:
         dtype = torch.promote_types(logits.dtype, torch.float32)
         self.logits = logits.to(dtype)
         self.batch_shape = logits.shape[:-1]
-        self.borders = borders.to(dtype).expand(*self.batch_shape, num_buckets + 1)
+        borders = borders.to(dtype)
+        self.borders = borders.expand(*self.batch_shape, num_buckets + 1)
+        # From the borders as given (in training one row shared by every point), expanded as a
+        # view: taken from the expanded borders, each use cost a [batch, queries, K] subtraction
+        # (three per training step, a fifth of a CPU step with 5,000 buckets).
+        self.widths = torch.diff(borders).expand(*self.batch_shape, num_buckets)
         self.num_buckets = num_buckets
 
     @classmethod
@@ -84,10 +89,6 @@ class RiemannDistribution:
     def probs(self) -> torch.Tensor:
         """[..., K] probability of each bucket."""
         return F.softmax(self.logits, dim=-1)
-
-    @property
-    def widths(self) -> torch.Tensor:
-        return self.borders[..., 1:] - self.borders[..., :-1]
 
     @property
     def left_scale(self) -> torch.Tensor:
