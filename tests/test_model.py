@@ -121,3 +121,26 @@ def test_bfloat16_training_on_a_cpu_runs_attention_in_float32(model, monkeypatch
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # inference keeps bfloat16
         model.eval()(x_context, y_context, x_query)
     assert seen == [(torch.bfloat16, True)] * 2
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_bfloat16_autocast_keeps_inputs_and_the_residual_stream_in_float32(model, static):
+    # Targets 0.003 apart are one value in bfloat16 (its steps are 0.0078 at 1.0); the model must
+    # still tell them apart, or its sharpest predictions are lost (see PFNTransformer.encode_x).
+    x_context, y_context, x_query = inputs()
+    nudged = y_context.clone()
+    nudged[:, 0] = 1.0 + 0.003
+    y_context[:, 0] = 1.0
+    assert torch.equal(nudged.bfloat16(), y_context.bfloat16())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.encode_y(y_context).dtype == model.encode_x(x_context).dtype == torch.float32
+        if static:
+            x, is_context = torch.cat([x_context, x_query], 1), torch.arange(11) < 6
+            pad = torch.zeros(2, 5)
+            logits = [
+                model.forward_static(pad_features(x, 3), torch.cat([y, pad], 1), is_context)
+                for y in (y_context, nudged)
+            ]
+        else:
+            logits = [model(x_context, y, x_query) for y in (y_context, nudged)]
+    assert not torch.equal(logits[0], logits[1])
