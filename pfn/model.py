@@ -122,21 +122,22 @@ class PFNTransformer(nn.Module):
             nn.init.zeros_(self.log_temperature.weight)
             nn.init.zeros_(self.log_temperature.bias)
 
-    # The encoders run in float32 even under bfloat16 autocast, so that the residual stream (the
-    # tokens) is float32 too. In bfloat16 (8 significant bits) the inputs and every sum along the
-    # stream are rounded by 0.4-0.8% of their size, which throws away what the sharpest predictions
-    # need: run under bfloat16 autocast that way, the shipped gp model lost 0.025-0.038 nats/point
-    # at 50-100 points in 1-3 features and gp_hyper 0.42-0.46; with a float32 stream 0.002-0.006
-    # and 0.08-0.10 (same weights; the matrix products still round each coordinate separately).
+    # The encoders run in their weights' precision (float32) even under bfloat16 autocast, so
+    # that the residual stream (the tokens) is float32 too. In bfloat16 (8 significant bits) the
+    # inputs and every sum along the stream are rounded by 0.4-0.8% of their size, which throws
+    # away what the sharpest predictions need: run under bfloat16 autocast that way, the shipped
+    # gp model lost 0.025-0.038 nats/point at 50-100 points in 1-3 features and gp_hyper
+    # 0.42-0.46; with a float32 stream 0.002-0.006 and 0.08-0.10 (same weights; the matrix
+    # products still round each coordinate separately).
     def encode_x(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return self.x_encoder(pad_features(x.float(), self.max_features))
+            return self.x_encoder(pad_features(x.to(self.x_encoder.weight.dtype), self.max_features))
 
     def encode_y(self, y: torch.Tensor) -> torch.Tensor:
         if self.num_classes:
             return self.y_encoder(y.long())
         with torch.autocast(y.device.type, enabled=False):
-            return self.y_encoder(y.float().unsqueeze(-1))
+            return self.y_encoder(y.to(self.y_encoder.weight.dtype).unsqueeze(-1))
 
     def forward(self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor) -> torch.Tensor:
         # x_context: [b, c, f], y_context: [b, c], x_query: [b, q, f] -> logits [b, q, num_outputs]
@@ -160,7 +161,8 @@ class PFNTransformer(nn.Module):
         """
         batch = x.shape[0]
         with torch.autocast(x.device.type, enabled=False):
-            points = self.x_encoder(x.float()) + self.encode_y(y) * is_context[:, None]  # [b, n, e]
+            x = x.to(self.x_encoder.weight.dtype)
+            points = self.x_encoder(x) + self.encode_y(y) * is_context[:, None]  # [b, n, e]
         empty = self.empty_context.expand(batch, 1, -1).to(points.dtype)
         tokens = torch.cat([empty, points], dim=1)  # [b, 1 + n, e]
         keys = torch.cat([is_context.new_ones(1), is_context])  # [1 + n]: the empty token and the context
