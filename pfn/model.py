@@ -160,9 +160,7 @@ class PFNTransformer(nn.Module):
         targets of non-context points are never seen (only context points are attended to).
         """
         batch = x.shape[0]
-        with torch.autocast(x.device.type, enabled=False):
-            x = x.to(self.x_encoder.weight.dtype)
-            points = self.x_encoder(x) + self.encode_y(y) * is_context[:, None]  # [b, n, e]
+        points = self.encode_x(x) + self.encode_y(y) * is_context[:, None]  # [b, n, e] (x is padded already)
         empty = self.empty_context.expand(batch, 1, -1).to(points.dtype)
         tokens = torch.cat([empty, points], dim=1)  # [b, 1 + n, e]
         keys = torch.cat([is_context.new_ones(1), is_context])  # [1 + n]: the empty token and the context

@@ -139,7 +139,9 @@ def bench_rows(
             row |= {"difference": difference.mean().item(), "difference_se": standard_error(difference)}
             row["per_dataset"] = {"pfn_nll": pfn_nll.tolist(), f"{baselines[-1].name}_nll": best_nll.tolist()}
             if isinstance(prior, GPPrior):
-                row |= _type2_scores(prior, x_context, y_context, x_query, y_query, pfn_dist, row["per_dataset"])
+                scores, per_dataset = _type2_scores(prior, x_context, y_context, x_query, y_query, pfn_dist)
+                row |= scores
+                row["per_dataset"] |= per_dataset
             rows.append(row)
             progress.write(
                 f"  context {num_context:4d}  features {num_features}  PFN {row['pfn_nll']:+.4f}  "
@@ -150,11 +152,11 @@ def bench_rows(
 
 
 def _type2_scores(
-    prior: GPPrior, x_context, y_context, x_query, y_query, pfn_dist, per_dataset: dict[str, list[float]]
-) -> dict[str, float]:
+    prior: GPPrior, x_context, y_context, x_query, y_query, pfn_dist
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Type-II ML scores, and its Gaussian put on the PFN's buckets (`type2ml_on_buckets`): what
-    the PFN's head could reach if the network predicted type-II ML's answer exactly. Adds to
-    `per_dataset` how sharp type-II ML's predictive is (its standard deviation over the context
+    the PFN's head could reach if the network predicted type-II ML's answer exactly. Then, per
+    dataset, how sharp type-II ML's predictive is (its standard deviation over the context
     targets'; ~0.001 for nearly noiseless datasets) and how much wider the PFN's is, medians over
     the queries: where the PFN loses, and why."""
     from pfn.baselines.gp_type2 import type2_ml_gp_predictive
@@ -164,13 +166,16 @@ def _type2_scores(
     on_buckets = -RiemannDistribution.nearest_to(dist, pfn_dist.borders).log_prob(y_query).mean(-1)
     relative_std = dist.stddev / y_context.double().std(-1, keepdim=True)  # [datasets, queries]
     width_ratio = pfn_dist.variance.double().sqrt() / dist.stddev
-    per_dataset["type2ml_std_over_context_std"] = relative_std.median(-1).values.tolist()
-    per_dataset["pfn_std_over_type2ml_std"] = width_ratio.median(-1).values.tolist()
-    return (
+    scores = (
         _nll_stats("type2ml", nll)
         | {"type2ml_seconds": seconds / len(x_context)}
         | {"type2ml_on_buckets": on_buckets.mean().item(), "type2ml_on_buckets_se": standard_error(on_buckets)}
     )
+    per_dataset = {
+        "type2ml_std_over_context_std": relative_std.median(-1).values.tolist(),
+        "pfn_std_over_type2ml_std": width_ratio.median(-1).values.tolist(),
+    }
+    return scores, per_dataset
 
 
 def methods(row: dict[str, Any]) -> list[str]:
