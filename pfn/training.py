@@ -143,6 +143,10 @@ class PFNModule(L.LightningModule):
         self.head = build_head(self.config.model)
         self.backbone = build_backbone(self.config.model)
 
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision(self.config.train.matmul_precision)
+
     def setup(self, stage: str) -> None:
         # Lightning restores a resumed run's checkpoint after `setup`, overwriting these borders.
         if self.config.model.head == "riemann" and not self.head.borders.any():

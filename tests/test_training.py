@@ -137,6 +137,8 @@ def test_config_values_are_type_checked():
         load_config(None, ["--train.compile_mode", "fast"])
     with pytest.raises(ValueError, match="train.compile_mode 'reduce-overhead' needs train.compile: true"):
         load_config(None, ["--train.compile_mode", "reduce-overhead"])
+    with pytest.raises(ValueError, match="train.matmul_precision must be one of highest, high, medium, got 'tf32'"):
+        load_config(None, ["--train.matmul_precision", "tf32"])
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
@@ -153,6 +155,32 @@ def test_same_seed_same_batch_on_gpu():
     a = draw_training_batch(prior, config, step=3, device="cuda")
     b = draw_training_batch(prior, config, step=3, device="cuda")
     assert a["x"].is_cuda and torch.equal(a["y"], b["y"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_sets_the_float32_matmul_precision(tmp_path):
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        train(
+            tiny_config(
+                tmp_path, "--train.accelerator", "gpu", "--train.max_steps", "2", "--train.precision", "32-true"
+            )
+        )
+        assert torch.get_float32_matmul_precision() == "high"  # the config's default: TF32
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_cpu_training_leaves_the_float32_matmul_precision_alone(tmp_path):
+    before = torch.get_float32_matmul_precision()
+    train(
+        tiny_config(
+            tmp_path, "--train.accelerator", "cpu", "--train.max_steps", "2", "--train.matmul_precision", "medium"
+        )
+    )
+    assert torch.get_float32_matmul_precision() == before
 
 
 def test_wandb_logger_works_offline(tmp_path, monkeypatch):
