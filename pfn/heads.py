@@ -72,6 +72,18 @@ class RiemannHead(nn.Module):
         """Negative log-likelihood of `y` per query point: same shape as `y`."""
         return -self.distribution(logits).log_prob(y.float())
 
+    def expected_loss(self, logits: torch.Tensor, target: RiemannDistribution) -> torch.Tensor:
+        """`loss` averaged over y drawn from `target`, a bar distribution on the same borders: per
+        query point, the batch shape of `logits` without its last axis.
+
+        A target in bucket k has log density log q_k - log w_k (w_k its width); in the two tail
+        buckets the half-normal's shape stands in for 1/w_k. That part does not depend on the
+        logits, so using the widths there too changes the value by a constant, not the gradient.
+        """
+        log_probs = self.distribution(logits).log_probs
+        log_widths = torch.diff(self.borders).log()
+        return -(target.probs.to(log_probs.dtype) * (log_probs - log_widths)).sum(-1)
+
 
 class CategoricalHead(nn.Module):
     """Classification head: logits over `num_classes` labels; loss = cross-entropy."""
@@ -92,3 +104,8 @@ class CategoricalHead(nn.Module):
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the labels `y` per query point: same shape as `y`."""
         return F.cross_entropy(logits.float().flatten(0, -2), y.long().flatten(), reduction="none").view(y.shape)
+
+    def expected_loss(self, logits: torch.Tensor, target: CategoricalDistribution) -> torch.Tensor:
+        """`loss` averaged over labels drawn from `target`: per query point."""
+        log_probs = self.distribution(logits).log_probs
+        return -(target.probs.to(log_probs.dtype) * log_probs).sum(-1)

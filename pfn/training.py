@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pfn.checkpoint import file_sha256
 from pfn.config import Config
+from pfn.exact_targets import exact_targets, has_exact_targets
 from pfn.heads import borders_from_samples, rebucket_output_layer
 from pfn.model import pad_features
 from pfn.network import build_backbone, build_head
@@ -142,6 +143,11 @@ class PFNModule(L.LightningModule):
         self.prior = build_prior(self.config.prior)
         self.head = build_head(self.config.model)
         self.backbone = build_backbone(self.config.model)
+        if self.config.train.exact_targets and not has_exact_targets(self.prior):
+            raise ValueError(
+                "train.exact_targets needs a prior with a closed-form posterior predictive (gmm without label "
+                f"noise, or gp with fixed hyperparameters); this config's prior is {self.config.prior}"
+            )
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":
@@ -164,11 +170,14 @@ class PFNModule(L.LightningModule):
             y = (y - loc) / scale
         if not self.config.train.static_shapes:
             logits = self(x[:, :n], y[:, :n], x[:, n:])
-            return self.head.loss(logits, y[:, n:]).mean()
-        is_context = torch.arange(x.shape[1], device=x.device) < n  # [num_points]
-        x = pad_features(x, self.config.model.max_features)
-        logits = self.backbone.forward_static(x, y, is_context)  # every point's prediction
-        return self.head.loss(logits, y)[:, n:].mean()
+        else:
+            is_context = torch.arange(x.shape[1], device=x.device) < n  # [num_points]
+            padded = pad_features(x, self.config.model.max_features)
+            logits = self.backbone.forward_static(padded, y, is_context)[:, n:]  # the queries' predictions
+        if self.config.train.exact_targets:
+            target = exact_targets(self.prior, self.head, x[:, :n], y[:, :n], x[:, n:])
+            return self.head.expected_loss(logits, target).mean()
+        return self.head.loss(logits, y[:, n:]).mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

@@ -1,0 +1,52 @@
+"""Training targets with the sampling noise integrated out, for priors whose posterior predictive
+is closed form (`train.exact_targets`).
+
+A PFN's loss is the NLL of a query's target y, drawn from the prior together with the context.
+Given the context and the query's x, that y is a draw from the exact posterior predictive; where
+that predictive is known, the loss can be averaged over it instead of evaluated at one draw:
+-sum_k P_k log q_k over the buckets (or classes) k, with P the exact predictive's mass in each.
+Its expectation and its gradient's expectation are those of the usual loss (the optimum is the
+same: the posterior predictive), but the draw's noise is gone (Rao-Blackwellisation), so each
+training dataset teaches more. Only for the priors with an exact answer, which `pfn bench` also
+uses as ground truth: the GMM prior and the GP prior with fixed hyperparameters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pfn.baselines.exact_gp import exact_gp_predictive
+from pfn.baselines.gmm_exact import gmm_posterior_predictive
+from pfn.distributions import CategoricalDistribution, RiemannDistribution
+from pfn.heads import CategoricalHead, RiemannHead
+from priors import GMMPrior, GPPrior, Prior
+
+
+def has_exact_targets(prior: Prior) -> bool:
+    if isinstance(prior, GMMPrior):
+        return prior.label_noise == 0
+    return isinstance(prior, GPPrior) and prior.has_fixed_hyperparameters
+
+
+def exact_targets(
+    prior: Prior,
+    head: RiemannHead | CategoricalHead,
+    x_context: torch.Tensor,
+    y_context: torch.Tensor,
+    x_query: torch.Tensor,
+) -> RiemannDistribution | CategoricalDistribution:
+    """The exact posterior predictive of each query's target, on the head's buckets or classes.
+
+    Shapes: x_context [b, n, f], y_context [b, n], x_query [b, q, f] -> batch shape [b, q].
+    """
+    if not has_exact_targets(prior):
+        raise ValueError(
+            f"train.exact_targets needs a prior with a closed-form posterior predictive (gmm without label "
+            f"noise, or gp with fixed hyperparameters); got {type(prior).__name__}"
+        )
+    with torch.no_grad():
+        if isinstance(prior, GMMPrior):
+            probs = gmm_posterior_predictive(x_context, y_context, x_query, prior)  # [b, q, C], float64
+            return CategoricalDistribution(probs.clamp_min(1e-300).log())
+        normal = exact_gp_predictive(x_context, y_context, x_query, prior)
+        return RiemannDistribution.nearest_to(normal, head.borders)

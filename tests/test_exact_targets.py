@@ -1,0 +1,89 @@
+"""train.exact_targets: the loss averaged over the exact posterior predictive is the mean of the
+usual loss over targets drawn from it, and training with it works end to end."""
+
+import math
+
+import pytest
+import torch
+
+import pfn
+from pfn.config import load_config
+from pfn.distributions import CategoricalDistribution, RiemannDistribution
+from pfn.exact_targets import exact_targets
+from pfn.heads import CategoricalHead, RiemannHead
+from pfn.training import PFNModule, draw_training_batch, train
+from priors import build_prior
+from tests.conftest import ROOT, tiny_config
+
+
+def test_riemann_expected_loss_is_the_mean_loss_over_draws():
+    torch.manual_seed(0)
+    head = RiemannHead(torch.linspace(-3, 3, 61))
+    logits = 2 * torch.randn(4, 60)
+    # Well inside the borders, so the tails (where the constant differs) hold no mass.
+    normal = torch.distributions.Normal(torch.tensor([-0.5, 0.0, 0.2, 0.5]), torch.tensor([0.1, 0.5, 0.3, 0.05]))
+    expected = head.expected_loss(logits, RiemannDistribution.nearest_to(normal, head.borders))
+    draws = normal.sample((200_000,))  # [draws, 4]
+    losses = head.loss(logits.expand(len(draws), 4, 60), draws)
+    monte_carlo, error = losses.mean(0), losses.std(0) / math.sqrt(len(draws))
+    assert (expected - monte_carlo).abs().max() < 4 * error.max() + 1e-4
+    assert not torch.allclose(expected[0], expected[1])
+
+
+def test_categorical_expected_loss_is_the_mean_loss_over_draws():
+    torch.manual_seed(0)
+    head = CategoricalHead(5)
+    logits = torch.randn(3, 5)
+    target = CategoricalDistribution(torch.randn(3, 5))
+    labels = target.sample((100_000,))  # [draws, 3]
+    losses = head.loss(logits.expand(len(labels), 3, 5), labels)
+    monte_carlo, error = losses.mean(0), losses.std(0) / math.sqrt(len(labels))
+    assert (head.expected_loss(logits, target) - monte_carlo).abs().max() < 4 * error.max()
+
+
+@pytest.mark.parametrize("config_name", ["tiny.yaml", "tiny_gmm.yaml"])
+def test_exact_loss_matches_the_drawn_loss_on_average(config_name):
+    def module(seed: int, *overrides: str) -> PFNModule:
+        torch.manual_seed(seed)
+        built = PFNModule(load_config(ROOT / "configs" / config_name, list(overrides)).to_dict())
+        built.setup("fit")
+        return built
+
+    first, second = module(0), module(1)
+    config = first.config
+    first_exact, second_exact = module(0, "--train.exact_targets", "true"), module(1, "--train.exact_targets", "true")
+    # What the loss says about the network: how much better one network is than another, per
+    # batch. (The exact loss's value is off by a constant in the tail buckets; the difference of
+    # two networks' losses is not.) Over 30 batches the drawn targets' figure averages to the exact one.
+    drawn, exact = [], []
+    with torch.no_grad():
+        for step in range(30):
+            batch = draw_training_batch(first.prior, config, step)
+            drawn.append(first.loss(batch) - second.loss(batch))
+            exact.append(first_exact.loss(batch) - second_exact.loss(batch))
+    drawn, exact = torch.stack(drawn), torch.stack(exact)
+    assert abs((drawn - exact).mean()) < 3 * (drawn - exact).std() / math.sqrt(30) + 1e-4
+    assert (drawn - exact).abs().max() > 1e-4  # one batch's draws do differ from their average
+
+
+def test_training_with_exact_targets_learns(tmp_path):
+    overrides = ["--train.output_dir", str(tmp_path), "--train.progress_bar", "false", "--logger", "none"]
+    config = load_config(ROOT / "configs" / "tiny_gmm.yaml", [*overrides, "--train.exact_targets", "true"])
+    model = pfn.load(train(config))
+    batch = build_prior(model.prior_spec).sample(64, 40, 2, torch.Generator().manual_seed(7))
+    dist = model.predict(batch.x[:, :30], batch.y[:, :30], batch.x[:, 30:], normalize=False)
+    assert -dist.log_prob(batch.y[:, 30:]).mean() < math.log(model.config.model.num_classes) - 0.3
+    assert model.config.train.exact_targets  # recorded in the exported config
+
+
+def test_exact_targets_need_a_prior_with_a_closed_form_predictive(tmp_path):
+    bnn = load_config(ROOT / "configs" / "bnn.yaml", ["--train.exact_targets", "true"])
+    with pytest.raises(ValueError, match="train.exact_targets needs a prior with a closed-form posterior"):
+        PFNModule(bnn.to_dict())
+    hyper = build_prior({"name": "gp", "lengthscale": {"distribution": "gamma", "concentration": 3.0, "rate": 6.0}})
+    with pytest.raises(ValueError, match="closed-form posterior predictive"):
+        exact_targets(
+            hyper, RiemannHead(torch.linspace(-1, 1, 5)), torch.zeros(1, 2, 1), torch.zeros(1, 2), torch.zeros(1, 3, 1)
+        )
+    with pytest.raises(ValueError, match="train.exact_targets does not support data.standardize_y"):
+        tiny_config(tmp_path, "--train.exact_targets", "true", "--data.standardize_y", "true")
