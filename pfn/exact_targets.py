@@ -17,7 +17,6 @@ import torch
 
 from pfn.baselines.exact_gp import exact_gp_predictive
 from pfn.baselines.gmm_exact import gmm_posterior_predictive
-from pfn.distributions import CategoricalDistribution, RiemannDistribution
 from pfn.heads import CategoricalHead, RiemannHead
 from priors import GMMPrior, GPPrior, Prior
 
@@ -34,10 +33,11 @@ def exact_targets(
     x_context: torch.Tensor,
     y_context: torch.Tensor,
     x_query: torch.Tensor,
-) -> RiemannDistribution | CategoricalDistribution:
-    """The exact posterior predictive of each query's target, on the head's buckets or classes.
+) -> torch.Tensor:
+    """The exact posterior predictive's probability of each of the head's buckets or classes, for
+    each query: [b, q, num_outputs].
 
-    Shapes: x_context [b, n, f], y_context [b, n], x_query [b, q, f] -> batch shape [b, q].
+    Shapes: x_context [b, n, f], y_context [b, n], x_query [b, q, f].
     """
     if not has_exact_targets(prior):
         raise ValueError(
@@ -46,7 +46,19 @@ def exact_targets(
         )
     with torch.no_grad():
         if isinstance(prior, GMMPrior):
-            probs = gmm_posterior_predictive(x_context, y_context, x_query, prior)  # [b, q, C], float64
-            return CategoricalDistribution(probs.clamp_min(1e-300).log())
-        normal = exact_gp_predictive(x_context, y_context, x_query, prior)
-        return RiemannDistribution.nearest_to(normal, head.borders)
+            return gmm_posterior_predictive(x_context, y_context, x_query, prior).float()
+        return normal_bucket_probs(exact_gp_predictive(x_context, y_context, x_query, prior), head.borders)
+
+
+def normal_bucket_probs(normal: torch.distributions.Normal, borders: torch.Tensor) -> torch.Tensor:
+    """Each bucket's share of `normal`'s mass ([..., K] from a Normal of batch shape [...]), the
+    tail buckets taking everything beyond the outermost inner borders.
+
+    Float32 differences of the cdf: one special function per border, 3x faster on a CPU than the
+    log-space masses of `RiemannDistribution.nearest_to` (which the benchmarks use). Each mass is
+    off by at most ~1e-7, nothing next to the noise of the drawn target this replaces.
+    """
+    loc, scale = normal.loc.float()[..., None], normal.scale.float()[..., None]
+    cdf = torch.special.ndtr((borders[1:-1].float() - loc) / scale)  # [..., K - 1]
+    edges = (cdf.new_zeros(cdf.shape[:-1] + (1,)), cdf, cdf.new_ones(cdf.shape[:-1] + (1,)))
+    return torch.diff(torch.cat(edges, -1)).clamp_min(0)

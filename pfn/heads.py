@@ -72,9 +72,9 @@ class RiemannHead(nn.Module):
         """Negative log-likelihood of `y` per query point: same shape as `y`."""
         return -self.distribution(logits).log_prob(y.float())
 
-    def expected_loss(self, logits: torch.Tensor, target: RiemannDistribution) -> torch.Tensor:
-        """`loss` averaged over y drawn from `target`, a bar distribution on the same borders: per
-        query point, the batch shape of `logits` without its last axis.
+    def expected_loss(self, logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+        """`loss` averaged over targets y whose bucket k has probability `target_probs[..., k]`:
+        per query point, the batch shape of `logits` without its last axis.
 
         A target in bucket k has log density log q_k - log w_k (w_k its width); in the two tail
         buckets the half-normal's shape stands in for 1/w_k. That part does not depend on the
@@ -82,7 +82,7 @@ class RiemannHead(nn.Module):
         """
         log_probs = self.distribution(logits).log_probs
         log_widths = torch.diff(self.borders).log()
-        return -(target.probs.to(log_probs.dtype) * (log_probs - log_widths)).sum(-1)
+        return -(target_probs.to(log_probs.dtype) * (log_probs - log_widths)).sum(-1)
 
 
 class CategoricalHead(nn.Module):
@@ -105,7 +105,7 @@ class CategoricalHead(nn.Module):
         """Cross-entropy of the labels `y` per query point: same shape as `y`."""
         return F.cross_entropy(logits.float().flatten(0, -2), y.long().flatten(), reduction="none").view(y.shape)
 
-    def expected_loss(self, logits: torch.Tensor, target: CategoricalDistribution) -> torch.Tensor:
-        """`loss` averaged over labels drawn from `target`: per query point."""
+    def expected_loss(self, logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+        """`loss` averaged over labels with probabilities `target_probs` [..., C]: per query point."""
         log_probs = self.distribution(logits).log_probs
-        return -(target.probs.to(log_probs.dtype) * log_probs).sum(-1)
+        return -(target_probs.to(log_probs.dtype) * log_probs).sum(-1)

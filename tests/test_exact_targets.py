@@ -9,7 +9,7 @@ import torch
 import pfn
 from pfn.config import load_config
 from pfn.distributions import CategoricalDistribution, RiemannDistribution
-from pfn.exact_targets import exact_targets
+from pfn.exact_targets import exact_targets, normal_bucket_probs
 from pfn.heads import CategoricalHead, RiemannHead
 from pfn.training import PFNModule, draw_training_batch, train
 from priors import build_prior
@@ -22,12 +22,20 @@ def test_riemann_expected_loss_is_the_mean_loss_over_draws():
     logits = 2 * torch.randn(4, 60)
     # Well inside the borders, so the tails (where the constant differs) hold no mass.
     normal = torch.distributions.Normal(torch.tensor([-0.5, 0.0, 0.2, 0.5]), torch.tensor([0.1, 0.5, 0.3, 0.05]))
-    expected = head.expected_loss(logits, RiemannDistribution.nearest_to(normal, head.borders))
+    expected = head.expected_loss(logits, normal_bucket_probs(normal, head.borders))
     draws = normal.sample((200_000,))  # [draws, 4]
     losses = head.loss(logits.expand(len(draws), 4, 60), draws)
     monte_carlo, error = losses.mean(0), losses.std(0) / math.sqrt(len(draws))
     assert (expected - monte_carlo).abs().max() < 4 * error.max() + 1e-4
     assert not torch.allclose(expected[0], expected[1])
+
+
+def test_normal_bucket_probs_match_the_log_space_masses():
+    borders = torch.sort(torch.randn(1001)).values
+    normal = torch.distributions.Normal(torch.tensor([-0.3, 0.0, 2.0]), torch.tensor([1e-3, 0.7, 0.05]))
+    fast = normal_bucket_probs(normal, borders)
+    assert fast.shape == (3, 1000) and torch.allclose(fast.sum(-1), torch.ones(3), atol=1e-6)
+    assert torch.allclose(fast.double(), RiemannDistribution.nearest_to(normal, borders).probs, atol=2e-7)
 
 
 def test_categorical_expected_loss_is_the_mean_loss_over_draws():
@@ -38,7 +46,7 @@ def test_categorical_expected_loss_is_the_mean_loss_over_draws():
     labels = target.sample((100_000,))  # [draws, 3]
     losses = head.loss(logits.expand(len(labels), 3, 5), labels)
     monte_carlo, error = losses.mean(0), losses.std(0) / math.sqrt(len(labels))
-    assert (head.expected_loss(logits, target) - monte_carlo).abs().max() < 4 * error.max()
+    assert (head.expected_loss(logits, target.probs) - monte_carlo).abs().max() < 4 * error.max()
 
 
 @pytest.mark.parametrize("config_name", ["tiny.yaml", "tiny_gmm.yaml"])
