@@ -12,6 +12,7 @@ except for models trained on standardised targets (gp_hyper), which normalise th
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -23,25 +24,38 @@ from priors import build_prior
 FEATURES = {"gp": (1, 3), "gp_hyper": (1,), "bnn": (1, 3), "gmm": (2, 5)}
 
 
+def datasets(name: str, model: pfn.PFN) -> Iterator[tuple[int, int, tuple, torch.Tensor]]:
+    """The cells both precision scripts score: (context, features, predict's arguments, query
+    targets), 64 datasets of the model's own prior each, 50 queries, seed 777."""
+    prior = build_prior(model.prior_spec)
+    for context in (10, 50, 100):
+        for features in FEATURES.get(name, (1,)):
+            _, generator = seeded_generators(777, BENCH_STREAM, context, features)
+            batch = prior.sample(64, context + 50, features, generator)
+            yield (
+                context,
+                features,
+                (batch.x[:, :context], batch.y[:, :context], batch.x[:, context:]),
+                batch.y[:, context:],
+            )
+
+
+def mean_nll(model: pfn.PFN, args: tuple, y_query: torch.Tensor) -> float:
+    # Models trained on standardised targets (gp_hyper) normalise their context; the others are
+    # given the prior's own units, as in `pfn bench`.
+    normalize = model.config.data.standardize_y
+    return -model.predict(*args, normalize=normalize).log_prob(y_query).double().mean().item()
+
+
 def main(models: list[str]) -> None:
     torch.set_num_threads(1)
     print("| model | context | features | NLL float32 | bfloat16 - float32 |")
     print("|---|---:|---:|---:|---:|")
     for name in models:
         full, half = pfn.load(name), pfn.load(name, precision="bfloat16")
-        prior = build_prior(full.prior_spec)
-        normalize = full.config.data.standardize_y
-        for context in (10, 50, 100):
-            for features in FEATURES.get(name, (1,)):
-                _, generator = seeded_generators(777, BENCH_STREAM, context, features)
-                batch = prior.sample(64, context + 50, features, generator)
-                args = (batch.x[:, :context], batch.y[:, :context], batch.x[:, context:])
-                y_query = batch.y[:, context:]
-                nll = [
-                    -model.predict(*args, normalize=normalize).log_prob(y_query).double().mean().item()
-                    for model in (full, half)
-                ]
-                print(f"| {name} | {context} | {features} | {nll[0]:+.4f} | {nll[1] - nll[0]:+.4f} |", flush=True)
+        for context, features, args, y_query in datasets(name, full):
+            nll = [mean_nll(model, args, y_query) for model in (full, half)]
+            print(f"| {name} | {context} | {features} | {nll[0]:+.4f} | {nll[1] - nll[0]:+.4f} |", flush=True)
 
 
 if __name__ == "__main__":

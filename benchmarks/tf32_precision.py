@@ -22,14 +22,13 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+# The cells of bfloat16_precision.py (this script's folder is on the path when it runs).
+from bfloat16_precision import FEATURES, datasets, mean_nll
 from torch.overrides import TorchFunctionMode
 
 import pfn
-from pfn.benchmarks.common import BENCH_STREAM
-from pfn.training import seeded_generators
-from priors import build_prior
 
-FEATURES = {"gp": (1, 3), "gp_hyper": (1,), "bnn": (1, 3), "gmm": (2, 5)}
 MATRIX_PRODUCTS = {F.linear, torch.matmul, torch.bmm, torch.Tensor.__matmul__, F.scaled_dot_product_attention}
 DROPPED_BITS = 13  # float32 keeps 23 stored mantissa bits, TF32 10
 
@@ -88,34 +87,23 @@ def rounded_if_float32(value):
     return value
 
 
-def mean_nll(model: pfn.PFN, args: tuple, y_query: torch.Tensor, normalize: bool) -> float:
-    return -model.predict(*args, normalize=normalize).log_prob(y_query).double().mean().item()
-
-
 def main(models: list[str]) -> None:
     torch.set_num_threads(1)
     print("| model | context | features | NLL float32 | TF32 - float32 | TF32 with float32 encoders - float32 |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in models:
         model = pfn.load(name)
-        prior = build_prior(model.prior_spec)
-        normalize = model.config.data.standardize_y
-        for context in (10, 50, 100):
-            for features in FEATURES.get(name, (1,)):
-                _, generator = seeded_generators(777, BENCH_STREAM, context, features)
-                batch = prior.sample(64, context + 50, features, generator)
-                args = (batch.x[:, :context], batch.y[:, :context], batch.x[:, context:])
-                y_query = batch.y[:, context:]
-                full = mean_nll(model, args, y_query, normalize)
-                with EmulatedTF32():
-                    everywhere = mean_nll(model, args, y_query, normalize)
-                with EmulatedTF32(model, float32_encoders=True):
-                    exact_inputs = mean_nll(model, args, y_query, normalize)
-                print(
-                    f"| {name} | {context} | {features} | {full:+.4f} | {everywhere - full:+.4f} | "
-                    f"{exact_inputs - full:+.4f} |",
-                    flush=True,
-                )
+        for context, features, args, y_query in datasets(name, model):
+            full = mean_nll(model, args, y_query)
+            with EmulatedTF32():
+                everywhere = mean_nll(model, args, y_query)
+            with EmulatedTF32(model, float32_encoders=True):
+                exact_inputs = mean_nll(model, args, y_query)
+            print(
+                f"| {name} | {context} | {features} | {full:+.4f} | {everywhere - full:+.4f} | "
+                f"{exact_inputs - full:+.4f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

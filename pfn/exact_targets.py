@@ -21,10 +21,18 @@ from pfn.heads import CategoricalHead, RiemannHead
 from priors import GMMPrior, GPPrior, Prior
 
 
-def has_exact_targets(prior: Prior) -> bool:
-    if isinstance(prior, GMMPrior):
-        return prior.label_noise == 0
-    return isinstance(prior, GPPrior) and prior.has_fixed_hyperparameters
+def check_exact_targets(prior: Prior) -> None:
+    """A clear error unless `prior`'s posterior predictive is closed form."""
+    closed_form = (
+        prior.label_noise == 0
+        if isinstance(prior, GMMPrior)
+        else isinstance(prior, GPPrior) and prior.has_fixed_hyperparameters
+    )
+    if not closed_form:
+        raise ValueError(
+            f"train.exact_targets needs a prior with a closed-form posterior predictive (gmm without label "
+            f"noise, or gp with fixed hyperparameters); got {prior!r}"
+        )
 
 
 def exact_targets(
@@ -39,11 +47,7 @@ def exact_targets(
 
     Shapes: x_context [b, n, f], y_context [b, n], x_query [b, q, f].
     """
-    if not has_exact_targets(prior):
-        raise ValueError(
-            f"train.exact_targets needs a prior with a closed-form posterior predictive (gmm without label "
-            f"noise, or gp with fixed hyperparameters); got {type(prior).__name__}"
-        )
+    check_exact_targets(prior)
     with torch.no_grad():
         if isinstance(prior, GMMPrior):
             return gmm_posterior_predictive(x_context, y_context, x_query, prior).float()

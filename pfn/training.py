@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pfn.checkpoint import file_sha256
 from pfn.config import Config
-from pfn.exact_targets import exact_targets, has_exact_targets
+from pfn.exact_targets import check_exact_targets, exact_targets
 from pfn.heads import borders_from_samples, rebucket_output_layer
 from pfn.model import pad_features
 from pfn.network import build_backbone, build_head
@@ -143,11 +143,8 @@ class PFNModule(L.LightningModule):
         self.prior = build_prior(self.config.prior)
         self.head = build_head(self.config.model)
         self.backbone = build_backbone(self.config.model)
-        if self.config.train.exact_targets and not has_exact_targets(self.prior):
-            raise ValueError(
-                "train.exact_targets needs a prior with a closed-form posterior predictive (gmm without label "
-                f"noise, or gp with fixed hyperparameters); this config's prior is {self.config.prior}"
-            )
+        if self.config.train.exact_targets:
+            check_exact_targets(self.prior)  # at start-up, not at the first step
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":
