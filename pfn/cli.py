@@ -122,7 +122,7 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         from pfn.benchmarks.gmm import run_gmm_bench
 
         baselines = tuple(b for b in args.baselines.split(",") if b)
-        run_gmm_bench(args.model or model, baselines=baselines, **common)
+        run_gmm_bench(args.model or model, baselines=baselines, ensemble=args.ensemble, **common)
 
 
 def _models(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--datasets", type=int, help="datasets per context size and feature count")
     bench.add_argument("--queries", type=int, help="query points per dataset")
     bench.add_argument("--baselines", default="qda,gpc", help="gmm: classical baselines to run (qda, gpc)")
+    bench.add_argument(
+        "--ensemble", type=int, default=1, help="gmm: also score the PFN averaged over N rotated, relabelled views"
+    )
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")
     bench.add_argument(

@@ -12,6 +12,7 @@ from pfn.baselines.gmm_exact import gmm_posterior_predictive
 from pfn.benchmarks.gmm import expected_calibration_error
 from pfn.cli import main
 from pfn.config import load_config
+from pfn.ensemble import random_rotations, symmetry_ensemble
 from pfn.training import train
 from priors import GMMPrior, build_prior
 from tests.conftest import ROOT
@@ -74,6 +75,31 @@ def test_exact_posterior_refuses_label_noise():
         gmm_posterior_predictive(torch.rand(1, 3, 2), torch.zeros(1, 3), torch.rand(1, 2, 2), prior)
 
 
+def test_exact_posterior_is_invariant_to_rotations_and_relabelling():
+    """The symmetry `pfn.ensemble.symmetry_ensemble` relies on: rotating the inputs about the origin
+    and relabelling the classes leaves the exact posterior predictive unchanged (up to the labels)."""
+    prior = GMMPrior(min_classes=2, max_classes=4, kappa0=0.3)
+    generator = torch.Generator().manual_seed(3)
+    batch = prior.sample(6, 25, 3, generator)
+    x, labels = batch.x.double(), batch.y.long()
+    x_context, labels, x_query = x[:, :20], labels[:, :20], x[:, 20:]
+    exact = gmm_posterior_predictive(x_context, labels, x_query, prior)
+    rotation = random_rotations(6, 3, generator)
+    new_id = torch.rand(6, 4, generator=generator).argsort(-1)
+    moved = gmm_posterior_predictive(x_context @ rotation, new_id.gather(1, labels), x_query @ rotation, prior)
+    assert torch.allclose(moved.gather(-1, new_id[:, None, :].expand(-1, 5, -1)), exact, atol=1e-10)
+    # and it is no identity: the same relabelling without the label map moves the probabilities
+    assert not torch.allclose(moved, exact, atol=1e-3)
+
+
+def test_random_rotations_are_orthogonal_and_include_reflections():
+    rotations = random_rotations(200, 3, torch.Generator().manual_seed(0))
+    assert torch.allclose(rotations @ rotations.transpose(-1, -2), torch.eye(3, dtype=torch.float64), atol=1e-12)
+    determinants = torch.linalg.det(rotations)
+    assert (determinants > 0).any() and (determinants < 0).any()
+    assert rotations[:, 0, 0].mean().abs() < 0.15  # centred, as Haar measure is
+
+
 @pytest.fixture(scope="module")
 def tiny_gmm_path(tmp_path_factory):
     config = load_config(
@@ -117,6 +143,27 @@ def test_classification_pfn_trains_and_round_trips(tiny_gmm_path):
     assert torch.isfinite(far.probs).all()
 
 
+def test_symmetry_ensemble(tiny_gmm_path, tiny_model_path):
+    model = pfn.load(tiny_gmm_path)
+    batch = build_prior(model.prior_spec).sample(8, 30, 2, torch.Generator().manual_seed(5))
+    data = batch.x[:, :24], batch.y[:, :24], batch.x[:, 24:]
+    single = model.predict(*data, normalize=False)
+    assert torch.allclose(symmetry_ensemble(model, *data, 1, torch.Generator()).probs, single.probs, atol=1e-6)
+    ensemble = symmetry_ensemble(model, *data, 6, torch.Generator().manual_seed(1))
+    again = symmetry_ensemble(model, *data, 6, torch.Generator().manual_seed(1))
+    assert torch.equal(ensemble.probs, again.probs)
+    assert torch.allclose(ensemble.probs.sum(-1), torch.ones(8, 6), atol=1e-5)
+    # The members see other data, so the average differs from the single model, but it predicts
+    # the same labels about as well.
+    assert not torch.allclose(ensemble.probs, single.probs, atol=1e-3)
+    labels = batch.y[:, 24:]
+    assert (-ensemble.log_prob(labels).mean()) < (-single.log_prob(labels).mean()) + 0.2
+    with pytest.raises(ValueError, match="classifier of a GMM prior"):
+        symmetry_ensemble(pfn.load(tiny_model_path), *data, 2, torch.Generator())
+    with pytest.raises(ValueError, match="num_members"):
+        symmetry_ensemble(model, *data, 0, torch.Generator())
+
+
 def test_bench_gmm_writes_results(tmp_path, tiny_gmm_path, tiny_model_path):
     main(
         [
@@ -132,6 +179,8 @@ def test_bench_gmm_writes_results(tmp_path, tiny_gmm_path, tiny_model_path):
             "4",
             "--queries",
             "6",
+            "--ensemble",
+            "3",
             "--out_dir",
             str(tmp_path),
         ]
@@ -139,9 +188,11 @@ def test_bench_gmm_writes_results(tmp_path, tiny_gmm_path, tiny_model_path):
     [result_file] = tmp_path.glob("gmm-*.json")
     result = json.loads(result_file.read_text())
     assert [row["context"] for row in result["summary"]] == [5, 12]
+    assert result["ensemble"] == 3 and np.isfinite(result["ensemble_mean_difference"])
     for row in result["rows"]:
         assert row["difference"] == pytest.approx(row["pfn_ce"] - row["exact_ce"])
-        for method in ("pfn", "exact", "qda", "gpc"):
+        assert row["ensemble_difference"] == pytest.approx(row["pfn_ensemble_ce"] - row["exact_ce"])
+        for method in ("pfn", "pfn_ensemble", "exact", "qda", "gpc"):
             assert 0 <= row[f"{method}_accuracy"] <= 1 and 0 <= row[f"{method}_ece"] <= 1
             assert np.isfinite(row[f"{method}_ce"])
     with pytest.raises(SystemExit, match="classification model of a GMM prior"):

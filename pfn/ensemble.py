@@ -1,0 +1,78 @@
+"""Test-time ensembles over the symmetries of a classification prior.
+
+Under the GMM prior (priors/gmm.py: class means ~ N(0, Sigma / kappa0), Sigma ~ InvWishart with an
+isotropic scale, class ids permuted at random) the probability of a dataset does not change when
+its inputs are rotated about the origin or its class ids are relabelled, so neither does the exact
+posterior predictive: rotating the data and relabelling the classes, predicting, and mapping the
+labels back is another estimate of the same distribution. A network is only approximately
+invariant, and averaging its predictions over such views cancels part of its error (TabPFN averages
+over feature orders and label ids the same way; a rotation contains those feature orders and more).
+"""
+
+from __future__ import annotations
+
+import math
+
+import einops
+import torch
+
+from pfn.distributions import CategoricalDistribution
+from pfn.predictor import PFN
+from priors import GMMPrior, build_prior
+
+
+def random_rotations(batch_size: int, num_features: int, generator: torch.Generator) -> torch.Tensor:
+    """[batch, f, f] orthogonal matrices, uniform (Haar) on O(f): QR of a Gaussian matrix with the
+    signs of R's diagonal moved into Q (without that fix Q is not uniform)."""
+    gaussian = torch.randn(batch_size, num_features, num_features, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    return q * torch.diagonal(r, dim1=-2, dim2=-1).sign()[:, None, :]
+
+
+def symmetry_ensemble(
+    model: PFN,
+    x_context: torch.Tensor,
+    y_context: torch.Tensor,
+    x_query: torch.Tensor,
+    num_members: int,
+    generator: torch.Generator,
+) -> CategoricalDistribution:
+    """The model's predictive averaged over `num_members` views of each dataset (a mixture of
+    their class probabilities); member 0 is the data as given, every other one a random rotation
+    of the inputs with random class ids.
+
+    Args:
+        x_context, y_context, x_query: [batch, n, f], [batch, n], [batch, q, f], in the prior's
+            units (as drawn from it: a rotation about the origin is a symmetry only there).
+        num_members: ensemble size, >= 1.
+        generator: the source of the rotations and relabellings.
+    """
+    if num_members < 1:
+        raise ValueError(f"num_members must be >= 1, got {num_members}")
+    prior = build_prior(model.prior_spec)
+    if not (model.is_classifier and isinstance(prior, GMMPrior)):
+        raise ValueError(
+            "symmetry ensembles need a classifier of a GMM prior (the only prior here known to be "
+            f"invariant to rotations and relabelling); this model's prior is {model.prior_spec}"
+        )
+    if not prior.permute_classes:
+        raise ValueError(
+            "this model's prior keeps class ids in order (permute_classes: false), so relabelling is no symmetry"
+        )
+    batch_size, num_features = x_context.shape[0], x_context.shape[-1]
+    # The prior's ids are 0..max_classes-1; a head with more outputs keeps the others where they are.
+    num_ids, num_outputs = prior.max_classes, model.config.model.num_classes
+    unused_ids = einops.repeat(torch.arange(num_ids, num_outputs), "c -> b c", b=batch_size)
+    member_log_probs = [model.predict(x_context, y_context, x_query, normalize=False).log_probs]
+    for _ in range(num_members - 1):
+        rotation = random_rotations(batch_size, num_features, generator).to(x_context.dtype)
+        relabelling = torch.rand(batch_size, num_ids, generator=generator).argsort(-1)
+        new_id = torch.cat([relabelling, unused_ids], dim=1)  # [batch, outputs]: old id -> new id
+        predictive = model.predict(
+            x_context @ rotation, new_id.gather(1, y_context.long()), x_query @ rotation, normalize=False
+        )
+        # Class k of the original labelling is class new_id[k] of this view.
+        lookup = einops.repeat(new_id, "b c -> b q c", q=x_query.shape[1]).to(predictive.logits.device)
+        member_log_probs.append(predictive.log_probs.gather(-1, lookup))
+    mixture = torch.stack(member_log_probs).logsumexp(0) - math.log(num_members)
+    return CategoricalDistribution(mixture)
