@@ -153,6 +153,35 @@ class GPPrior(Prior):
             k = kernel.forward(scaled, scaled)
         return rearrange(outputscale, "b -> b 1 1") * k
 
+    def posterior_predictive(
+        self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor
+    ) -> torch.distributions.Normal:
+        """The exact predictive of the noisy target at each query given the context, in float64
+        (fixed hyperparameters only): a Normal of batch shape [b, q].
+
+        Shapes: x_context [b, n, f] (n may be 0), y_context [b, n], x_query [b, q, f]. The same
+        answer as the GPyTorch baseline `pfn.baselines.exact_gp.exact_gp_predictive`, but with no
+        host-device synchronisation (GPyTorch checks its inputs and its Cholesky factor on the
+        host), so that training with `train.exact_targets` can call it inside every GPU step.
+        """
+        if not self.has_fixed_hyperparameters:
+            raise ValueError("the exact posterior predictive needs fixed hyperparameters, not hyperpriors")
+        batch_size, n = x_context.shape[:2]
+        x = torch.cat([x_context, x_query], 1).double()
+        lengthscale, outputscale = (
+            torch.full((batch_size,), float(value), dtype=torch.float64, device=x.device)
+            for value in (self.lengthscale, self.outputscale)
+        )
+        covariance = self.covariance(x, lengthscale, outputscale)  # [b, n+q, n+q]
+        eye = torch.eye(n, dtype=torch.float64, device=x.device)
+        # The noise keeps the smallest eigenvalue >= noise / outputscale (relative): no jitter needed.
+        factor = stable_cholesky(covariance[:, :n, :n] + self.noise * eye, jitter=0.0, check=False)
+        whitened_cross = torch.linalg.solve_triangular(factor, covariance[:, :n, n:], upper=False)  # [b, n, q]
+        whitened_y = torch.linalg.solve_triangular(factor, y_context.double()[..., None], upper=False)  # [b, n, 1]
+        mean = (whitened_cross * whitened_y).sum(1)  # [b, q]
+        variance = self.outputscale + self.noise - whitened_cross.square().sum(1)
+        return torch.distributions.Normal(mean, variance.clamp_min(1e-300).sqrt())
+
     def sample(self, batch_size, num_points, num_features, generator, device="cpu") -> PriorBatch:
         dtype = torch.float64
         low, high = self.x_range

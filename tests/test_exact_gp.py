@@ -42,3 +42,32 @@ def test_needs_fixed_hyperparameters():
     prior = GPPrior(lengthscale={"distribution": "gamma", "concentration": 3.0, "rate": 6.0})
     with pytest.raises(ValueError, match="fixed hyperparameters"):
         exact_gp_predictive(torch.rand(1, 3, 1), torch.rand(1, 3), torch.rand(1, 2, 1), prior)
+
+
+def test_the_priors_own_predictive_matches_the_closed_form():
+    """`GPPrior.posterior_predictive` (sync-free, for training with exact targets) against NumPy."""
+    prior = GPPrior(kernel="rbf", lengthscale=0.4, outputscale=1.5, noise=0.01)
+    batch = prior.sample(3, 25, 2, torch.Generator().manual_seed(0))
+    x, y = batch.x.double(), batch.y.double()
+    predictive = prior.posterior_predictive(x[:, :15], y[:, :15], x[:, 15:])
+    for i in range(3):
+        mean, var = numpy_posterior(x[i, :15].numpy(), y[i, :15].numpy(), x[i, 15:].numpy(), 0.4, 1.5, 0.01)
+        np.testing.assert_allclose(predictive.mean[i].numpy(), mean, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(predictive.variance[i].numpy(), var, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "matern12", "matern52"])
+@pytest.mark.parametrize("num_context", [0, 1, 60])
+def test_the_priors_own_predictive_matches_gpytorch(kernel, num_context):
+    prior = GPPrior(kernel=kernel)  # the shipped gp's noise 1e-4: a nearly noiseless, ill-conditioned case
+    batch = prior.sample(8, num_context + 10, 3, torch.Generator().manual_seed(num_context))
+    x_context, y_context, x_query = batch.x[:, :num_context], batch.y[:, :num_context], batch.x[:, num_context:]
+    ours = prior.posterior_predictive(x_context, y_context, x_query)
+    baseline = exact_gp_predictive(x_context, y_context, x_query, prior)
+    # GPyTorch stores the hyperparameters in float32 (0.6 becomes 0.6000000238): relative 1e-7 apart.
+    torch.testing.assert_close(ours.mean, baseline.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.stddev, baseline.stddev, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="fixed hyperparameters"):
+        GPPrior(noise={"distribution": "gamma", "concentration": 2.0, "rate": 1.0}).posterior_predictive(
+            x_context, y_context, x_query
+        )
