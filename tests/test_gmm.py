@@ -9,7 +9,7 @@ import torch
 
 import pfn
 from pfn.baselines.gmm_exact import gmm_posterior_predictive
-from pfn.benchmarks.gmm import expected_calibration_error
+from pfn.benchmarks.gmm import expected_calibration_error, kl_divergence
 from pfn.cli import main
 from pfn.config import load_config
 from pfn.ensemble import random_rotations, symmetry_ensemble
@@ -192,11 +192,22 @@ def test_bench_gmm_writes_results(tmp_path, tiny_gmm_path, tiny_model_path):
     for row in result["rows"]:
         assert row["difference"] == pytest.approx(row["pfn_ce"] - row["exact_ce"])
         assert row["ensemble_difference"] == pytest.approx(row["pfn_ensemble_ce"] - row["exact_ce"])
+        assert row["expected_difference"] > 0 and row["ensemble_expected_difference"] > 0  # KL divergences
         for method in ("pfn", "pfn_ensemble", "exact", "qda", "gpc"):
             assert 0 <= row[f"{method}_accuracy"] <= 1 and 0 <= row[f"{method}_ece"] <= 1
             assert np.isfinite(row[f"{method}_ce"])
     with pytest.raises(SystemExit, match="classification model of a GMM prior"):
         main(["bench", "gmm", "--model", str(tiny_model_path), "--out_dir", str(tmp_path)])
+
+
+def test_kl_divergence_is_the_expected_excess_cross_entropy():
+    exact = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]], dtype=torch.float64)
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.25, 0.25, 0.5]], dtype=torch.float64)
+    labels = torch.multinomial(exact, 200_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    excess = (exact.gather(1, labels).log() - probs.gather(1, labels).log()).mean(1)
+    divergence = kl_divergence(exact, probs)
+    torch.testing.assert_close(divergence, excess, atol=3e-3, rtol=0)
+    assert divergence[1] == 0 and divergence[0] > 0.05
 
 
 def test_expected_calibration_error():
