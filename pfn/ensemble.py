@@ -65,9 +65,9 @@ def symmetry_ensemble(
     unused_ids = einops.repeat(torch.arange(num_ids, num_outputs), "c -> b c", b=batch_size)
     member_log_probs = [model.predict(x_context, y_context, x_query, normalize=False).log_probs]
     for _ in range(num_members - 1):
-        rotation = random_rotations(batch_size, num_features, generator).to(x_context.dtype)
+        rotation = random_rotations(batch_size, num_features, generator).to(x_context)
         relabelling = torch.rand(batch_size, num_ids, generator=generator).argsort(-1)
-        new_id = torch.cat([relabelling, unused_ids], dim=1)  # [batch, outputs]: old id -> new id
+        new_id = torch.cat([relabelling, unused_ids], dim=1).to(y_context.device)  # [batch, outputs]: old -> new id
         predictive = model.predict(
             x_context @ rotation, new_id.gather(1, y_context.long()), x_query @ rotation, normalize=False
         )

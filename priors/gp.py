@@ -172,6 +172,8 @@ class GPPrior(Prior):
             torch.full((batch_size,), float(value), dtype=torch.float64, device=x.device)
             for value in (self.lengthscale, self.outputscale)
         )
+        # The joint matrix, because the prior's kernel evaluates only k(x, x) (GPyTorch's k(x1, x2)
+        # compares its inputs on the host); its query-query block goes unused.
         covariance = self.covariance(x, lengthscale, outputscale)  # [b, n+q, n+q]
         eye = torch.eye(n, dtype=torch.float64, device=x.device)
         # The noise keeps the smallest eigenvalue >= noise / outputscale (relative): no jitter needed.
