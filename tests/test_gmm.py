@@ -164,6 +164,17 @@ def test_symmetry_ensemble(tiny_gmm_path, tiny_model_path):
         symmetry_ensemble(model, *data, 0, torch.Generator())
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_symmetry_ensemble_takes_cuda_inputs(tiny_gmm_path):
+    model = pfn.load(tiny_gmm_path, device="cuda")
+    batch = build_prior(model.prior_spec).sample(4, 30, 2, torch.Generator().manual_seed(5))
+    data = batch.x[:, :24].cuda(), batch.y[:, :24].cuda(), batch.x[:, 24:].cuda()
+    probs = symmetry_ensemble(model, *data, 3, torch.Generator().manual_seed(1)).probs
+    assert probs.shape == (4, 6, model.config.model.num_classes)
+    assert torch.allclose(probs.sum(-1), torch.ones(4, 6, device=probs.device), atol=1e-5)
+
+
 def test_bench_gmm_writes_results(tmp_path, tiny_gmm_path, tiny_model_path):
     main(
         [
