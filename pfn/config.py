@@ -105,7 +105,8 @@ class TrainConfig:
     export_dtype: str = "float32"  # weights in the exported .pfn file: "float32" or "float16" (half the size)
     # Average each query's loss over the exact posterior predictive instead of taking it at the
     # drawn target: the same objective without the draw's noise, for the priors whose predictive
-    # is closed form (gmm; gp with fixed hyperparameters). See pfn/exact_targets.py.
+    # is closed form (gmm; gp, under hyperpriors given each dataset's drawn hyperparameters).
+    # See pfn/exact_targets.py.
     exact_targets: bool = False
     # A .pfn file or shipped model name to start from (continued training, or fine-tuning on
     # another prior); its architecture must match this config's (see `training.initialize_from`).
@@ -166,8 +167,6 @@ class Config:
             raise ValueError(
                 f"train.export_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {self.train.export_dtype!r}"
             )
-        if self.train.exact_targets and self.data.standardize_y:
-            raise ValueError("train.exact_targets does not support data.standardize_y (a prior with hyperpriors)")
         if self.train.matmul_precision not in MATMUL_PRECISIONS:
             raise ValueError(
                 f"train.matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "

@@ -283,6 +283,16 @@ class RiemannDistribution:
             raise ValueError("affine scale must be positive")
         return RiemannDistribution(self.logits, self.borders * scale[..., None] + loc[..., None])
 
+    @classmethod
+    def mixture(cls, members: list[RiemannDistribution]) -> RiemannDistribution:
+        """The equal-weight mixture of distributions on the same borders: again a bar
+        distribution, with the average of their bucket probabilities."""
+        first = members[0]
+        if any(not torch.equal(member.borders, first.borders) for member in members[1:]):
+            raise ValueError("a mixture of Riemann distributions needs members with the same borders")
+        log_probs = torch.stack([member.log_probs for member in members])
+        return cls(torch.logsumexp(log_probs, 0) - math.log(len(members)), first.borders)
+
     def __getitem__(self, index) -> RiemannDistribution:
         return RiemannDistribution(self.logits[index], self.borders[index])
 

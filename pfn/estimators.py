@@ -18,7 +18,6 @@ pandas DataFrames, and pass `sklearn.utils.estimator_checks.check_estimator` (se
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -210,13 +209,8 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
         X = self._check_query(X)
         for chunk in self._chunks(X):
             members = [self._member_prediction(m, self.y_context_, chunk) for m in self.ensemble_]
-            if len(members) == 1:
-                yield members[0]
-                continue
-            # Feature orders leave y's normalisation alone, so every member has the same bucket
-            # borders and the mixture is the average of the bucket probabilities.
-            log_probs = torch.stack([member.log_probs for member in members])
-            yield RiemannDistribution(torch.logsumexp(log_probs, 0) - math.log(len(members)), members[0].borders)
+            # Feature orders leave y's normalisation alone, so every member has the same bucket borders.
+            yield members[0] if len(members) == 1 else RiemannDistribution.mixture(members)
 
     def predict_distribution(self, X) -> RiemannDistribution:
         """The posterior predictive distribution at each row of X: batch shape [n]."""

@@ -9,6 +9,11 @@ Its expectation and its gradient's expectation are those of the usual loss (the 
 same: the posterior predictive), but the draw's noise is gone (Rao-Blackwellisation), so each
 training dataset teaches more. Only for the priors with an exact answer, which `pfn bench` also
 uses as ground truth: the GMM prior and the GP prior with fixed hyperparameters.
+
+And for the GP prior with hyperpriors, where the predictive given the hyperparameters each dataset
+was drawn with is closed form. Its average over their posterior given the context is the Bayes
+predictive, so its expected loss is still the usual one's (the optimum unchanged): the target's
+noise given the hyperparameters is integrated out, their own uncertainty is not.
 """
 
 from __future__ import annotations
@@ -23,16 +28,12 @@ from priors import GMMPrior, GPPrior, Prior
 
 
 def check_exact_targets(prior: Prior) -> None:
-    """A clear error unless `prior`'s posterior predictive is closed form."""
-    closed_form = (
-        prior.label_noise == 0
-        if isinstance(prior, GMMPrior)
-        else isinstance(prior, GPPrior) and prior.has_fixed_hyperparameters
-    )
+    """A clear error unless `prior`'s posterior predictive (given its drawn hyperparameters) is closed form."""
+    closed_form = prior.label_noise == 0 if isinstance(prior, GMMPrior) else isinstance(prior, GPPrior)
     if not closed_form:
         raise ValueError(
             f"train.exact_targets needs a prior with a closed-form posterior predictive (gmm without label "
-            f"noise, or gp with fixed hyperparameters); got {prior!r}"
+            f"noise, or gp); got {prior!r}"
         )
 
 
@@ -42,11 +43,16 @@ def exact_targets(
     x_context: torch.Tensor,
     y_context: torch.Tensor,
     x_query: torch.Tensor,
+    hyperparameters: dict[str, torch.Tensor] | None = None,
+    standardization: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The exact posterior predictive's probability of each of the head's buckets or classes, for
     each query: [b, q, num_outputs].
 
-    Shapes: x_context [b, n, f], y_context [b, n], x_query [b, q, f].
+    Shapes: x_context [b, n, f], y_context [b, n] (as drawn from the prior), x_query [b, q, f].
+    hyperparameters: the GP's drawn hyperparameters (`PriorBatch.hyperparameters`), which a GP
+        prior with hyperpriors needs. standardization: (loc, scale), each [b, 1], when the head's
+        buckets are for (y - loc) / scale (`data.standardize_y`).
     """
     check_exact_targets(prior)
     with torch.no_grad():
@@ -54,7 +60,11 @@ def exact_targets(
             return gmm_posterior_predictive(x_context, y_context, x_query, prior).float()
         # The prior's own predictive, not the GPyTorch baseline: the same numbers (tested) without
         # the host-device synchronisations that would stall every GPU step.
-        return normal_bucket_probs(prior.posterior_predictive(x_context, y_context, x_query), head.borders)
+        predictive = prior.posterior_predictive(x_context, y_context, x_query, hyperparameters)
+        if standardization is not None:
+            loc, scale = (t.double() for t in standardization)
+            predictive = torch.distributions.Normal((predictive.loc - loc) / scale, predictive.scale / scale)
+        return normal_bucket_probs(predictive, head.borders)
 
 
 def normal_bucket_probs(normal: torch.distributions.Normal, borders: torch.Tensor) -> torch.Tensor:

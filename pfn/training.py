@@ -56,7 +56,10 @@ def draw_training_batch(
     structure, generator = seeded_generators(config.seed, rank, step, *stream, device=device)
     num_features, num_context = draw_batch_shape(config, structure)
     batch = prior.sample(data.batch_size, data.num_points, num_features, generator, device)
-    return {"x": batch.x, "y": batch.y, "num_context": num_context}
+    drawn = {"x": batch.x, "y": batch.y, "num_context": num_context}
+    if config.train.exact_targets and batch.hyperparameters is not None:  # what the exact targets need
+        drawn["hyperparameters"] = batch.hyperparameters
+    return drawn
 
 
 def draw_batch_shape(config: Config, structure: torch.Generator) -> tuple[int, int]:
@@ -126,7 +129,7 @@ class PriorDataModule(L.LightningDataModule):
         if ready is not None:  # drawn on a side stream (data.prefetch)
             stream = torch.cuda.current_stream(batch["x"].device)
             stream.wait_event(ready)
-            for tensor in (batch["x"], batch["y"]):
+            for tensor in (batch["x"], batch["y"], *batch.get("hyperparameters", {}).values()):
                 tensor.record_stream(stream)  # its memory is not reused until this stream is done with it
         return batch
 
@@ -162,9 +165,13 @@ class PFNModule(L.LightningModule):
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean loss of the query points (those after the first `num_context`) of a prior batch."""
         x, y, n = batch["x"], batch["y"], batch["num_context"]
+        standardization = None
         if self.config.data.standardize_y:
-            loc, scale = context_standardization(y[:, :n])
-            y = (y - loc) / scale
+            standardization = context_standardization(y[:, :n])
+            loc, scale = standardization
+            raw_y, y = y, (y - loc) / scale
+        else:
+            raw_y = y
         if not self.config.train.static_shapes:
             logits = self(x[:, :n], y[:, :n], x[:, n:])
         else:
@@ -172,7 +179,11 @@ class PFNModule(L.LightningModule):
             padded = pad_features(x, self.config.model.max_features)
             logits = self.backbone.forward_static(padded, y, is_context)[:, n:]  # the queries' predictions
         if self.config.train.exact_targets:
-            target = exact_targets(self.prior, self.head, x[:, :n], y[:, :n], x[:, n:])
+            # The prior's predictive is for the targets as drawn; `standardization` moves it onto the buckets.
+            hyperparameters = batch.get("hyperparameters")
+            target = exact_targets(
+                self.prior, self.head, x[:, :n], raw_y[:, :n], x[:, n:], hyperparameters, standardization
+            )
             return self.head.expected_loss(logits, target).mean()
         return self.head.loss(logits, y[:, n:]).mean()
 

@@ -25,11 +25,15 @@ class PriorBatch:
     x: [batch, points, features] inputs.
     y: [batch, points] noisy targets (what a model is trained to predict).
     y_noiseless: [batch, points] the latent function values, where the prior has them.
+    hyperparameters: name -> [batch] the values each dataset was drawn with, where the prior has
+        them (GP: lengthscale, outputscale, noise), so that what depends on them can be computed
+        exactly (the GP posterior given them: `train.exact_targets` under hyperpriors).
     """
 
     x: torch.Tensor
     y: torch.Tensor
     y_noiseless: torch.Tensor | None = None
+    hyperparameters: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim != 3:
@@ -40,6 +44,9 @@ class PriorBatch:
             )
         if self.y_noiseless is not None and self.y_noiseless.shape != self.y.shape:
             raise ValueError("PriorBatch.y_noiseless must have the same shape as y")
+        for name, values in (self.hyperparameters or {}).items():
+            if values.shape != self.x.shape[:1]:
+                raise ValueError(f"PriorBatch.hyperparameters[{name!r}] must be [batch], got {tuple(values.shape)}")
 
 
 class Prior:

@@ -153,35 +153,62 @@ class GPPrior(Prior):
             k = kernel.forward(scaled, scaled)
         return rearrange(outputscale, "b -> b 1 1") * k
 
-    def posterior_predictive(
-        self, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor
-    ) -> torch.distributions.Normal:
-        """The exact predictive of the noisy target at each query given the context, in float64
-        (fixed hyperparameters only): a Normal of batch shape [b, q].
+    def observation_noise(self, noise: torch.Tensor, outputscale: torch.Tensor) -> torch.Tensor:
+        """The variance of what `sample` adds to the latent function at each point: the noise plus
+        the jitter that keeps the factor of the noiseless covariance stable (`jitter * outputscale`,
+        independent per point, as the kernels are stationary). Under the noise hyperprior most
+        datasets draw a noise far below the jitter, so the jitter is what bounds the predictive's
+        sharpness there."""
+        return noise + self.jitter * outputscale
 
-        Shapes: x_context [b, n, f] (n may be 0), y_context [b, n], x_query [b, q, f]. The same
-        answer as the GPyTorch baseline `pfn.baselines.exact_gp.exact_gp_predictive`, but with no
-        host-device synchronisation (GPyTorch checks its inputs and its Cholesky factor on the
-        host), so that training with `train.exact_targets` can call it inside every GPU step.
+    def posterior_predictive(
+        self,
+        x_context: torch.Tensor,
+        y_context: torch.Tensor,
+        x_query: torch.Tensor,
+        hyperparameters: dict[str, torch.Tensor] | None = None,
+    ) -> torch.distributions.Normal:
+        """The exact predictive of the noisy target at each query given the context and the
+        hyperparameters, in float64: a Normal of batch shape [b, q].
+
+        Shapes: x_context [b, n, f] (n may be 0), y_context [b, n], x_query [b, q, f].
+        `hyperparameters`: name -> [b], the values each dataset was drawn with (`PriorBatch.
+        hyperparameters`); needed under hyperpriors, where this is the predictive given them
+        (the Bayes answer averages it over their posterior), and taken from the prior otherwise.
+        With fixed hyperparameters, the same answer as the GPyTorch baseline
+        `pfn.baselines.exact_gp.exact_gp_predictive`, but with no host-device synchronisation
+        (GPyTorch checks its inputs and its Cholesky factor on the host), so that training with
+        `train.exact_targets` can call it inside every GPU step.
         """
-        if not self.has_fixed_hyperparameters:
-            raise ValueError("the exact posterior predictive needs fixed hyperparameters, not hyperpriors")
         batch_size, n = x_context.shape[:2]
         x = torch.cat([x_context, x_query], 1).double()
-        lengthscale, outputscale = (
-            torch.full((batch_size,), float(value), dtype=torch.float64, device=x.device)
-            for value in (self.lengthscale, self.outputscale)
+        if hyperparameters is None:
+            if not self.has_fixed_hyperparameters:
+                raise ValueError(
+                    "the exact posterior predictive under hyperpriors needs the hyperparameters each dataset "
+                    "was drawn with (PriorBatch.hyperparameters)"
+                )
+            hyperparameters = {
+                name: torch.full((batch_size,), float(getattr(self, name)), dtype=torch.float64, device=x.device)
+                for name in ("lengthscale", "outputscale", "noise")
+            }
+        lengthscale, outputscale, noise = (
+            hyperparameters[name].to(device=x.device, dtype=torch.float64)
+            for name in ("lengthscale", "outputscale", "noise")
         )
         # The joint matrix, because the prior's kernel evaluates only k(x, x) (GPyTorch's k(x1, x2)
         # compares its inputs on the host); its query-query block goes unused.
         covariance = self.covariance(x, lengthscale, outputscale)  # [b, n+q, n+q]
         eye = torch.eye(n, dtype=torch.float64, device=x.device)
-        # The noise keeps the smallest eigenvalue >= noise / outputscale (relative): no jitter needed.
-        factor = stable_cholesky(covariance[:, :n, :n] + self.noise * eye, jitter=0.0, check=False)
+        observation_noise = self.observation_noise(noise, outputscale)  # [b]
+        # The noise keeps the smallest eigenvalue >= jitter * outputscale: no more jitter needed.
+        factor = stable_cholesky(
+            covariance[:, :n, :n] + observation_noise[:, None, None] * eye, jitter=0.0, check=False
+        )
         whitened_cross = torch.linalg.solve_triangular(factor, covariance[:, :n, n:], upper=False)  # [b, n, q]
         whitened_y = torch.linalg.solve_triangular(factor, y_context.double()[..., None], upper=False)  # [b, n, 1]
         mean = (whitened_cross * whitened_y).sum(1)  # [b, q]
-        variance = self.outputscale + self.noise - whitened_cross.square().sum(1)
+        variance = (outputscale + observation_noise)[:, None] - whitened_cross.square().sum(1)
         return torch.distributions.Normal(mean, variance.clamp_min(1e-300).sqrt())
 
     def sample(self, batch_size, num_points, num_features, generator, device="cpu") -> PriorBatch:
@@ -202,4 +229,5 @@ class GPPrior(Prior):
         f = (factor @ white).squeeze(-1)  # [batch, points]
         eps = torch.randn(batch_size, num_points, generator=generator, device=device, dtype=dtype)
         y = f + noise.sqrt()[:, None] * eps
-        return PriorBatch(x=x.float(), y=y.float(), y_noiseless=f.float())
+        hyperparameters = {"lengthscale": lengthscale, "outputscale": outputscale, "noise": noise}
+        return PriorBatch(x=x.float(), y=y.float(), y_noiseless=f.float(), hyperparameters=hyperparameters)

@@ -176,3 +176,14 @@ def test_shared_and_per_point_borders_give_the_same_log_prob():
     shared = RiemannDistribution(logits, borders)
     per_point = RiemannDistribution(logits, borders.expand(3, 4, 9).contiguous())
     assert torch.allclose(shared.log_prob(y), per_point.log_prob(y))
+
+
+def test_mixture_averages_bucket_probabilities_and_needs_shared_borders():
+    borders = torch.linspace(-2, 2, 11)
+    first, second = RiemannDistribution(torch.randn(3, 10), borders), RiemannDistribution(torch.randn(3, 10), borders)
+    mixture = RiemannDistribution.mixture([first, second])
+    torch.testing.assert_close(mixture.probs, (first.probs + second.probs) / 2)
+    value = torch.tensor([-2.5, 0.1, 1.7])  # a tail, and two inner buckets
+    torch.testing.assert_close(mixture.pdf(value), (first.pdf(value) + second.pdf(value)) / 2)
+    with pytest.raises(ValueError, match="same borders"):
+        RiemannDistribution.mixture([first, RiemannDistribution(torch.randn(3, 10), 2 * borders)])

@@ -11,9 +11,10 @@ from pfn.config import load_config
 from pfn.distributions import CategoricalDistribution, RiemannDistribution
 from pfn.exact_targets import exact_targets, normal_bucket_probs
 from pfn.heads import CategoricalHead, RiemannHead
+from pfn.scaling import context_standardization
 from pfn.training import PFNModule, draw_training_batch, train
 from priors import build_prior
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT
 
 
 def test_riemann_expected_loss_is_the_mean_loss_over_draws():
@@ -49,17 +50,32 @@ def test_categorical_expected_loss_is_the_mean_loss_over_draws():
     assert (head.expected_loss(logits, target.probs) - monte_carlo).abs().max() < 4 * error.max()
 
 
-@pytest.mark.parametrize("config_name", ["tiny.yaml", "tiny_gmm.yaml"])
-def test_exact_loss_matches_the_drawn_loss_on_average(config_name):
-    def module(seed: int, *overrides: str) -> PFNModule:
+# The GP with hyperpriors of configs/gp_hyper.yaml, on targets standardised by each context: exact
+# given each dataset's drawn hyperparameters, then moved onto the standardised buckets.
+GP_HYPER = [
+    *("--prior.lengthscale", "{distribution: gamma, concentration: 3.0, rate: 6.0}"),
+    *("--prior.outputscale", "{distribution: gamma, concentration: 2.0, rate: 0.15}"),
+    *("--prior.noise", "{distribution: gamma, concentration: 1.0e-4, rate: 1.0}"),
+    *("--data.standardize_y", "true"),
+]
+
+
+@pytest.mark.parametrize(
+    "config_name, overrides",
+    [("tiny.yaml", []), ("tiny_gmm.yaml", []), ("tiny.yaml", GP_HYPER)],
+    ids=["gp", "gmm", "gp_hyper"],
+)
+def test_exact_loss_matches_the_drawn_loss_on_average(config_name, overrides):
+    def module(seed: int, *more: str) -> PFNModule:
         torch.manual_seed(seed)
-        built = PFNModule(load_config(ROOT / "configs" / config_name, list(overrides)).to_dict())
+        built = PFNModule(load_config(ROOT / "configs" / config_name, [*overrides, *more]).to_dict())
         built.setup("fit")
         return built
 
     first, second = module(0), module(1)
-    config = first.config
     first_exact, second_exact = module(0, "--train.exact_targets", "true"), module(1, "--train.exact_targets", "true")
+    config = first_exact.config  # whose batches carry what the exact targets need
+
     # What the loss says about the network: how much better one network is than another, per
     # batch. (The exact loss's value is off by a constant in the tail buckets; the difference of
     # two networks' losses is not.) Over 30 batches the drawn targets' figure averages to the exact one.
@@ -89,9 +105,31 @@ def test_exact_targets_need_a_prior_with_a_closed_form_predictive(tmp_path):
     with pytest.raises(ValueError, match="train.exact_targets needs a prior with a closed-form posterior"):
         PFNModule(bnn.to_dict())
     hyper = build_prior({"name": "gp", "lengthscale": {"distribution": "gamma", "concentration": 3.0, "rate": 6.0}})
-    with pytest.raises(ValueError, match="closed-form posterior predictive"):
+    with pytest.raises(ValueError, match="needs the hyperparameters each dataset was drawn with"):
         exact_targets(
             hyper, RiemannHead(torch.linspace(-1, 1, 5)), torch.zeros(1, 2, 1), torch.zeros(1, 2), torch.zeros(1, 3, 1)
         )
-    with pytest.raises(ValueError, match="train.exact_targets does not support data.standardize_y"):
-        tiny_config(tmp_path, "--train.exact_targets", "true", "--data.standardize_y", "true")
+
+
+def test_exact_targets_on_standardised_buckets_under_hyperpriors():
+    """With data.standardize_y the head's buckets are for (y - loc) / scale: the exact targets
+    are the drawn hyperparameters' predictive moved there, and drawn standardised targets land
+    where those targets put the mass."""
+    config = load_config(ROOT / "configs" / "tiny.yaml", [*GP_HYPER, "--train.exact_targets", "true"])
+    module = PFNModule(config.to_dict())
+    module.setup("fit")
+    batch = draw_training_batch(module.prior, config, step=0)
+    x, y, n = batch["x"], batch["y"], 12
+    loc, scale = context_standardization(y[:, :n])
+    targets = exact_targets(
+        module.prior, module.head, x[:, :n], y[:, :n], x[:, n:], batch["hyperparameters"], (loc, scale)
+    )  # [b, q, buckets]
+    given = module.prior.posterior_predictive(x[:, :n], y[:, :n], x[:, n:], batch["hyperparameters"])
+    moved = torch.distributions.Normal((given.loc - loc.double()) / scale, given.scale / scale)
+    torch.testing.assert_close(targets, normal_bucket_probs(moved, module.head.borders))
+    # The bucket of each drawn standardised query target: under the exact targets it is far more
+    # probable than a bucket picked at random, and more than under the unstandardised predictive.
+    bucket = torch.searchsorted(module.head.borders[1:-1], ((y[:, n:] - loc) / scale).contiguous())
+    hit = targets.gather(-1, bucket[..., None]).squeeze(-1)
+    unmoved = normal_bucket_probs(given, module.head.borders).gather(-1, bucket[..., None]).squeeze(-1)
+    assert hit.mean() > 10 / module.head.borders.numel() and hit.mean() > 2 * unmoved.mean()

@@ -18,7 +18,8 @@ class _FixedHyperparameterGP(gpytorch.models.ExactGP):
         base.lengthscale = prior.lengthscale
         self.covar_module = gpytorch.kernels.ScaleKernel(base)
         self.covar_module.outputscale = prior.outputscale
-        likelihood.noise = prior.noise
+        # What the prior adds to the latent function: its noise and its sampling jitter.
+        likelihood.noise = prior.observation_noise(prior.noise, prior.outputscale)
 
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
@@ -37,7 +38,8 @@ def exact_gp_predictive(
     x_context, y_context, x_query = (t.double() for t in (x_context, y_context, x_query))
     if x_context.shape[1] == 0:  # no data: the prior predictive
         mean = torch.zeros(x_query.shape[:2], dtype=torch.float64, device=x_query.device)
-        return torch.distributions.Normal(mean, torch.full_like(mean, prior.outputscale + prior.noise).sqrt())
+        variance = prior.outputscale + prior.observation_noise(prior.noise, prior.outputscale)
+        return torch.distributions.Normal(mean, torch.full_like(mean, variance).sqrt())
     model = _FixedHyperparameterGP(x_context, y_context, prior).double().to(x_context.device)
     model.eval()
     with torch.no_grad(), gpytorch.settings.max_cholesky_size(10**9), gpytorch.settings.fast_pred_var(False):
