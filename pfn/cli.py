@@ -117,7 +117,7 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
     elif args.prior == "gp":
         from pfn.benchmarks.gp import run_gp_bench
 
-        run_gp_bench(args.model or model, **common)
+        run_gp_bench(args.model or model, ensemble=args.ensemble, **common)
     else:
         from pfn.benchmarks.gmm import run_gmm_bench
 
@@ -194,7 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--queries", type=int, help="query points per dataset")
     bench.add_argument("--baselines", default="qda,gpc", help="gmm: classical baselines to run (qda, gpc)")
     bench.add_argument(
-        "--ensemble", type=int, default=1, help="gmm: also score the PFN averaged over N rotated, relabelled views"
+        "--ensemble",
+        type=int,
+        default=1,
+        help="gp, gmm: also score the PFN averaged over N views of each dataset under the prior's "
+        "symmetries (gp: features reordered and reflected; gmm: rotated inputs, relabelled classes)",
     )
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")

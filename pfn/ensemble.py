@@ -1,4 +1,4 @@
-"""Test-time ensembles over the symmetries of a classification prior.
+"""Test-time ensembles over the symmetries of a prior.
 
 Under the GMM prior (priors/gmm.py: class means ~ N(0, Sigma / kappa0), Sigma ~ InvWishart with an
 isotropic scale, class ids permuted at random) the probability of a dataset does not change when
@@ -7,6 +7,11 @@ posterior predictive: rotating the data and relabelling the classes, predicting,
 labels back is another estimate of the same distribution. A network is only approximately
 invariant, and averaging its predictions over such views cancels part of its error (TabPFN averages
 over feature orders and label ids the same way; a rotation contains those feature orders and more).
+
+Under the GP prior (priors/gp.py: inputs uniform in a cube, an isotropic stationary kernel) the same
+holds for the symmetries of the cube: permuting the features and reflecting any of them about the
+cube's centre. (Every rigid motion leaves the GP's posterior alone, but only these keep the inputs
+where the network saw them in training.)
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import math
 import einops
 import torch
 
-from pfn.distributions import CategoricalDistribution
+from pfn.distributions import CategoricalDistribution, RiemannDistribution
 from pfn.predictor import PFN
-from priors import GMMPrior, build_prior
+from priors import GMMPrior, GPPrior, build_prior
 
 
 def random_rotations(batch_size: int, num_features: int, generator: torch.Generator) -> torch.Tensor:
@@ -29,6 +34,26 @@ def random_rotations(batch_size: int, num_features: int, generator: torch.Genera
     return q * torch.diagonal(r, dim1=-2, dim2=-1).sign()[:, None, :]
 
 
+def cube_symmetries(
+    batch_size: int, num_features: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random symmetries of a cube, uniform over its 2^f f! of them: a feature order [batch, f]
+    and which features to reflect [batch, f] (bool)."""
+    order = torch.rand(batch_size, num_features, generator=generator).argsort(-1)
+    reflect = torch.rand(batch_size, num_features, generator=generator) < 0.5
+    return order, reflect
+
+
+def cube_view(
+    x: torch.Tensor, order: torch.Tensor, reflect: torch.Tensor, x_range: tuple[float, float]
+) -> torch.Tensor:
+    """x [batch, n, f] with its features in `order` [batch, f] and those marked in `reflect`
+    [batch, f] reflected about the centre of the cube [low, high]^f."""
+    low, high = x_range
+    reordered = x.gather(-1, einops.repeat(order, "b f -> b n f", n=x.shape[1]))
+    return torch.where(reflect[:, None, :], low + high - reordered, reordered)
+
+
 def symmetry_ensemble(
     model: PFN,
     x_context: torch.Tensor,
@@ -36,25 +61,59 @@ def symmetry_ensemble(
     x_query: torch.Tensor,
     num_members: int,
     generator: torch.Generator,
-) -> CategoricalDistribution:
-    """The model's predictive averaged over `num_members` views of each dataset (a mixture of
-    their class probabilities); member 0 is the data as given, every other one a random rotation
-    of the inputs with random class ids.
+) -> CategoricalDistribution | RiemannDistribution:
+    """The model's predictive averaged over `num_members` views of each dataset (an equal-weight
+    mixture); member 0 is the data as given, every other one a random symmetry of the prior: for
+    a GMM classifier a rotation of the inputs with random class ids, for a GP regressor a
+    symmetry of the input cube (features reordered and reflected).
 
     Args:
         x_context, y_context, x_query: [batch, n, f], [batch, n], [batch, q, f], in the prior's
-            units (as drawn from it: a rotation about the origin is a symmetry only there).
+            units (as drawn from it: the symmetries are the prior's, not the data's).
         num_members: ensemble size, >= 1.
-        generator: the source of the rotations and relabellings.
+        generator: the source of the views.
     """
     if num_members < 1:
         raise ValueError(f"num_members must be >= 1, got {num_members}")
     prior = build_prior(model.prior_spec)
-    if not (model.is_classifier and isinstance(prior, GMMPrior)):
-        raise ValueError(
-            "symmetry ensembles need a classifier of a GMM prior (the only prior here known to be "
-            f"invariant to rotations and relabelling); this model's prior is {model.prior_spec}"
-        )
+    if model.is_classifier and isinstance(prior, GMMPrior):
+        return _gmm_ensemble(model, prior, x_context, y_context, x_query, num_members, generator)
+    if not model.is_classifier and isinstance(prior, GPPrior):
+        return _gp_ensemble(model, prior, x_context, y_context, x_query, num_members, generator)
+    raise ValueError(
+        "symmetry ensembles need a classifier of a GMM prior or a regressor of a GP prior (the priors "
+        f"here whose symmetries are known); this model's prior is {model.prior_spec}"
+    )
+
+
+def _gp_ensemble(
+    model: PFN,
+    prior: GPPrior,
+    x_context: torch.Tensor,
+    y_context: torch.Tensor,
+    x_query: torch.Tensor,
+    num_members: int,
+    generator: torch.Generator,
+) -> RiemannDistribution:
+    members = [model.predict(x_context, y_context, x_query, normalize=False)]
+    for _ in range(num_members - 1):
+        order, reflect = (t.to(x_context.device) for t in cube_symmetries(*x_context.shape[::2], generator))
+        x_context_view, x_query_view = (cube_view(x, order, reflect, prior.x_range) for x in (x_context, x_query))
+        members.append(model.predict(x_context_view, y_context, x_query_view, normalize=False))
+    # y is the same in every view, and so is its standardisation (data.standardize_y): the
+    # members share their borders.
+    return RiemannDistribution.mixture(members)
+
+
+def _gmm_ensemble(
+    model: PFN,
+    prior: GMMPrior,
+    x_context: torch.Tensor,
+    y_context: torch.Tensor,
+    x_query: torch.Tensor,
+    num_members: int,
+    generator: torch.Generator,
+) -> CategoricalDistribution:
     if not prior.permute_classes:
         raise ValueError(
             "this model's prior keeps class ids in order (permute_classes: false), so relabelling is no symmetry"

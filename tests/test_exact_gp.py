@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+import pfn
 from pfn.baselines import exact_gp_predictive
-from priors import GPPrior
+from pfn.ensemble import cube_symmetries, cube_view, symmetry_ensemble
+from priors import GPPrior, build_prior
 
 
 def numpy_posterior(x, y, xq, lengthscale, outputscale, noise):
@@ -102,3 +104,40 @@ def test_the_predictive_given_drawn_hyperparameters():
     assert (given.log_prob(batch.y[:, 30:].double()) > -10).all()
     with pytest.raises(ValueError, match="needs the hyperparameters each dataset was drawn with"):
         prior.posterior_predictive(x_context, y_context, x_query)
+
+
+def test_the_gp_posterior_is_invariant_to_the_symmetries_of_the_cube():
+    """What `pfn.ensemble.symmetry_ensemble` relies on for a GP regressor: reordering the features
+    and reflecting some about the centre of the input cube changes no distance, so no predictive;
+    and the views keep the inputs in the cube."""
+    prior = GPPrior(kernel="matern52", lengthscale=0.3, noise=0.01, x_range=(-1.0, 3.0))
+    batch = prior.sample(6, 40, 3, torch.Generator().manual_seed(2))
+    order, reflect = cube_symmetries(6, 3, torch.Generator().manual_seed(0))
+    assert reflect.any() and not reflect.all() and (order != torch.arange(3)).any()
+    x_context, x_query = batch.x[:, :30].double(), batch.x[:, 30:].double()  # float32 would round the reflections
+    moved_context, moved_query = (cube_view(x, order, reflect, prior.x_range) for x in (x_context, x_query))
+    assert moved_context.min() >= -1 and moved_context.max() <= 3 and not torch.equal(moved_context, x_context)
+    given = prior.posterior_predictive(x_context, batch.y[:, :30], x_query)
+    moved = prior.posterior_predictive(moved_context, batch.y[:, :30], moved_query)
+    torch.testing.assert_close(moved.mean, given.mean, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(moved.stddev, given.stddev, rtol=1e-10, atol=1e-10)
+    # A view that moved only some points would not keep it (the test can fail).
+    half = torch.cat([moved_context[:, :15], x_context[:, 15:]], 1)
+    assert not torch.allclose(prior.posterior_predictive(half, batch.y[:, :30], moved_query).mean, given.mean)
+
+
+def test_gp_symmetry_ensemble_mixes_the_model_over_cube_views(tiny_model_path):
+    model = pfn.load(tiny_model_path)
+    prior = build_prior(model.prior_spec)
+    batch = prior.sample(5, 26, 2, torch.Generator().manual_seed(4))
+    data = batch.x[:, :20], batch.y[:, :20], batch.x[:, 20:]
+    single = model.predict(*data, normalize=False)
+    torch.testing.assert_close(symmetry_ensemble(model, *data, 1, torch.Generator()).probs, single.probs)
+    ensemble = symmetry_ensemble(model, *data, 2, torch.Generator().manual_seed(9))
+    # Member 1 by hand, from the same draw of the generator.
+    order, reflect = cube_symmetries(5, 2, torch.Generator().manual_seed(9))
+    x_context, x_query = (cube_view(x, order, reflect, prior.x_range) for x in (data[0], data[2]))
+    view = model.predict(x_context, data[1], x_query, normalize=False)
+    torch.testing.assert_close(ensemble.probs, (single.probs + view.probs) / 2)
+    assert not torch.allclose(ensemble.probs, single.probs, atol=1e-4)
+    assert torch.equal(ensemble.borders, single.borders)

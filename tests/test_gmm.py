@@ -143,7 +143,7 @@ def test_classification_pfn_trains_and_round_trips(tiny_gmm_path):
     assert torch.isfinite(far.probs).all()
 
 
-def test_symmetry_ensemble(tiny_gmm_path, tiny_model_path):
+def test_symmetry_ensemble(tiny_gmm_path):
     model = pfn.load(tiny_gmm_path)
     batch = build_prior(model.prior_spec).sample(8, 30, 2, torch.Generator().manual_seed(5))
     data = batch.x[:, :24], batch.y[:, :24], batch.x[:, 24:]
@@ -158,8 +158,8 @@ def test_symmetry_ensemble(tiny_gmm_path, tiny_model_path):
     assert not torch.allclose(ensemble.probs, single.probs, atol=1e-3)
     labels = batch.y[:, 24:]
     assert (-ensemble.log_prob(labels).mean()) < (-single.log_prob(labels).mean()) + 0.2
-    with pytest.raises(ValueError, match="classifier of a GMM prior"):
-        symmetry_ensemble(pfn.load(tiny_model_path), *data, 2, torch.Generator())
+    with pytest.raises(ValueError, match="classifier of a GMM prior or a regressor of a GP prior"):
+        symmetry_ensemble(pfn.load("bnn"), *data, 2, torch.Generator())
     with pytest.raises(ValueError, match="num_members"):
         symmetry_ensemble(model, *data, 0, torch.Generator())
 

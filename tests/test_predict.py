@@ -145,6 +145,22 @@ def test_cli_bench_writes_results(tmp_path, tiny_model_path, capsys):
         main(["bench", "gp", "--model", str(tiny_model_path), "--features", "3", "--out_dir", str(tmp_path)])
 
 
+def test_cli_bench_scores_a_symmetry_ensemble_on_the_same_datasets(tmp_path, tiny_model_path):
+    bench_gp(tiny_model_path, tmp_path / "single")
+    bench_gp(tiny_model_path, tmp_path / "ensemble", "--ensemble", "3")
+    single, ensemble = (json.loads(next((tmp_path / d).glob("gp-*.json")).read_text()) for d in ("single", "ensemble"))
+    assert ensemble["ensemble"] == 3
+    for plain, row in zip(single["rows"], ensemble["rows"], strict=True):
+        assert row["difference"] == pytest.approx(plain["difference"])  # the headline is still the single model
+        assert np.isfinite(row["ensemble_difference"]) and row["ensemble_seconds_per_dataset"] > 0
+    one_feature = [row for row in ensemble["rows"] if row["features"] == 1 and row["context"] == 4]
+    # With one feature the views are the data and its mirror image: a different answer.
+    assert one_feature[0]["ensemble_difference"] != pytest.approx(one_feature[0]["difference"], abs=1e-6)
+    table = next((tmp_path / "ensemble").glob("gp-*.md")).read_text()
+    header, rule = [line for line in table.splitlines() if line.startswith("|")][:2]
+    assert "ensemble - GP" in header and header.count("|") == rule.count("|")
+
+
 def test_cli_bench_in_bfloat16_scores_the_same_datasets(tmp_path, tiny_model_path):
     bench_gp(tiny_model_path, tmp_path)
     bench_gp(tiny_model_path, tmp_path, "--precision", "bfloat16", "--tag", "fast")
