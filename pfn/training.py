@@ -164,14 +164,12 @@ class PFNModule(L.LightningModule):
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean loss of the query points (those after the first `num_context`) of a prior batch."""
-        x, y, n = batch["x"], batch["y"], batch["num_context"]
-        standardization = None
+        x, drawn_y, n = batch["x"], batch["y"], batch["num_context"]
+        y, standardization = drawn_y, None  # y: the targets on the scale the network sees
         if self.config.data.standardize_y:
-            standardization = context_standardization(y[:, :n])
+            standardization = context_standardization(drawn_y[:, :n])
             loc, scale = standardization
-            raw_y, y = y, (y - loc) / scale
-        else:
-            raw_y = y
+            y = (drawn_y - loc) / scale
         if not self.config.train.static_shapes:
             logits = self(x[:, :n], y[:, :n], x[:, n:])
         else:
@@ -182,7 +180,7 @@ class PFNModule(L.LightningModule):
             # The prior's predictive is for the targets as drawn; `standardization` moves it onto the buckets.
             hyperparameters = batch.get("hyperparameters")
             target = exact_targets(
-                self.prior, self.head, x[:, :n], raw_y[:, :n], x[:, n:], hyperparameters, standardization
+                self.prior, self.head, x[:, :n], drawn_y[:, :n], x[:, n:], hyperparameters, standardization
             )
             return self.head.expected_loss(logits, target).mean()
         return self.head.loss(logits, y[:, n:]).mean()
