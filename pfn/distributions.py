@@ -290,8 +290,7 @@ class RiemannDistribution:
         first = members[0]
         if any(not torch.equal(member.borders, first.borders) for member in members[1:]):
             raise ValueError("a mixture of Riemann distributions needs members with the same borders")
-        log_probs = torch.stack([member.log_probs for member in members])
-        return cls(torch.logsumexp(log_probs, 0) - math.log(len(members)), first.borders)
+        return cls(_mixture_log_probs(members), first.borders)
 
     def __getitem__(self, index) -> RiemannDistribution:
         return RiemannDistribution(self.logits[index], self.borders[index])
@@ -347,8 +346,18 @@ class CategoricalDistribution:
         draws = torch.multinomial(flat, count, replacement=True, generator=generator)  # [batch, count]
         return draws.T.reshape(*sample_shape, *self.batch_shape)
 
+    @classmethod
+    def mixture(cls, members: list[CategoricalDistribution]) -> CategoricalDistribution:
+        """The equal-weight mixture: the average of the members' class probabilities."""
+        return cls(_mixture_log_probs(members))
+
     def __getitem__(self, index) -> CategoricalDistribution:
         return CategoricalDistribution(self.logits[index])
 
     def __repr__(self) -> str:
         return f"CategoricalDistribution(batch_shape={tuple(self.batch_shape)}, num_classes={self.num_classes})"
+
+
+def _mixture_log_probs(members: list[RiemannDistribution] | list[CategoricalDistribution]) -> torch.Tensor:
+    """[..., K] log of the average of the members' probabilities over the same K outcomes."""
+    return torch.stack([member.log_probs for member in members]).logsumexp(0) - math.log(len(members))

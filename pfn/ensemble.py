@@ -16,8 +16,6 @@ where the network saw them in training.)
 
 from __future__ import annotations
 
-import math
-
 import einops
 import torch
 
@@ -122,7 +120,7 @@ def _gmm_ensemble(
     # The prior's ids are 0..max_classes-1; a head with more outputs keeps the others where they are.
     num_ids, num_outputs = prior.max_classes, model.config.model.num_classes
     unused_ids = einops.repeat(torch.arange(num_ids, num_outputs), "c -> b c", b=batch_size)
-    member_log_probs = [model.predict(x_context, y_context, x_query, normalize=False).log_probs]
+    members = [model.predict(x_context, y_context, x_query, normalize=False)]
     for _ in range(num_members - 1):
         rotation = random_rotations(batch_size, num_features, generator).to(x_context)
         relabelling = torch.rand(batch_size, num_ids, generator=generator).argsort(-1)
@@ -132,6 +130,5 @@ def _gmm_ensemble(
         )
         # Class k of the original labelling is class new_id[k] of this view.
         lookup = einops.repeat(new_id, "b c -> b q c", q=x_query.shape[1]).to(predictive.logits.device)
-        member_log_probs.append(predictive.log_probs.gather(-1, lookup))
-    mixture = torch.stack(member_log_probs).logsumexp(0) - math.log(num_members)
-    return CategoricalDistribution(mixture)
+        members.append(CategoricalDistribution(predictive.log_probs.gather(-1, lookup)))
+    return CategoricalDistribution.mixture(members)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from pfn.distributions import RiemannDistribution
+from pfn.distributions import CategoricalDistribution, RiemannDistribution
 
 
 @pytest.fixture
@@ -187,3 +187,9 @@ def test_mixture_averages_bucket_probabilities_and_needs_shared_borders():
     torch.testing.assert_close(mixture.pdf(value), (first.pdf(value) + second.pdf(value)) / 2)
     with pytest.raises(ValueError, match="same borders"):
         RiemannDistribution.mixture([first, RiemannDistribution(torch.randn(3, 10), 2 * borders)])
+
+
+def test_categorical_mixture_averages_class_probabilities():
+    first, second = CategoricalDistribution(torch.randn(4, 3)), CategoricalDistribution(torch.randn(4, 3))
+    mixture = CategoricalDistribution.mixture([first, second])
+    torch.testing.assert_close(mixture.probs, (first.probs + second.probs) / 2)
