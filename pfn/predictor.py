@@ -6,6 +6,7 @@ This is the one prediction path; the CLI, the benchmarks and the examples all go
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from pfn.heads import CategoricalHead, RiemannHead
 from pfn.model import PFNTransformer
 from pfn.network import build_backbone, build_head
 from pfn.scaling import context_standardization
+from priors import InputScaling, build_prior
 
 
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
@@ -44,9 +46,11 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
 class Normalizer:
     """Per-dataset affine maps computed from the context alone (so queries stay independent).
 
-    Each feature of x is mapped so the context spans [0, 1]; y is standardised by the context's
-    mean and standard deviation. Where the context cannot define a scale (fewer than two
-    points, or a constant column) the scale is 1 and only the shift (if any) applies.
+    x goes into the units of the model's prior, feature by feature, as the prior asks
+    (`priors.InputScaling`): for most priors the context is mapped to span [0, 1], for one whose
+    inputs lie about the origin (GMM) it is centred and scaled to the prior's typical spread. y is
+    standardised by the context's mean and standard deviation. Where the context cannot define a
+    scale (fewer than two points, or a constant column) the scale is 1 and only the shift applies.
     """
 
     x_loc: torch.Tensor  # [b, 1, f]
@@ -55,16 +59,29 @@ class Normalizer:
     y_scale: torch.Tensor  # [b, 1]
 
     @classmethod
-    def fit(cls, x_context: torch.Tensor, y_context: torch.Tensor, standardize_y: bool = True) -> Normalizer:
+    def fit(
+        cls,
+        x_context: torch.Tensor,
+        y_context: torch.Tensor,
+        standardize_y: bool = True,
+        input_scaling: InputScaling | None = None,
+    ) -> Normalizer:
         """Maps fitted to the context; `standardize_y=False` leaves y alone (class labels)."""
+        scaling = input_scaling or InputScaling()
         normalizer = cls.identity(x_context)
         num_context = x_context.shape[1]
         if num_context == 0:
             return normalizer
-        x_min = x_context.amin(1, keepdim=True)
-        x_range = x_context.amax(1, keepdim=True) - x_min
-        normalizer.x_loc = x_min
-        normalizer.x_scale = torch.where(x_range > 0, x_range, torch.ones_like(x_range))
+        if scaling.kind == "range":
+            x_min = x_context.amin(1, keepdim=True)
+            span = (x_context.amax(1, keepdim=True) - x_min) / (scaling.high - scaling.low)
+            normalizer.x_scale = torch.where(span > 0, span, torch.ones_like(span))
+            normalizer.x_loc = x_min - scaling.low * normalizer.x_scale
+        else:
+            normalizer.x_loc = x_context.mean(1, keepdim=True)
+            if num_context > 1:
+                spread = x_context.std(1, keepdim=True) / scaling.spread
+                normalizer.x_scale = torch.where(spread > 0, spread, torch.ones_like(spread))
         if standardize_y:
             normalizer.y_loc, normalizer.y_scale = context_standardization(y_context)
         return normalizer
@@ -125,6 +142,11 @@ class PFN:
     def prior_spec(self) -> dict[str, Any]:
         """The spec of the prior this model was trained on (see `priors.build_prior`)."""
         return dict(self.config.prior)
+
+    @functools.cached_property
+    def input_scaling(self) -> InputScaling:
+        """How `predict` maps a real dataset's inputs into the units of this model's prior."""
+        return build_prior(self.prior_spec).input_scaling()
 
     @property
     def max_features(self) -> int:
@@ -208,7 +230,7 @@ class PFN:
         if self.is_classifier:
             self._check_labels(y_context)
         normalizer = (
-            Normalizer.fit(x_context, y_context, standardize_y=not self.is_classifier)
+            Normalizer.fit(x_context, y_context, standardize_y=not self.is_classifier, input_scaling=self.input_scaling)
             if normalize
             else Normalizer.identity(x_context)
         )

@@ -4,7 +4,7 @@ Importing this package registers the built-in priors, so `build_prior({"name": "
 finds them. This package never imports `pfn`.
 """
 
-from priors.base import Prior, PriorBatch, available_priors, build_prior, register_prior
+from priors.base import InputScaling, Prior, PriorBatch, available_priors, build_prior, register_prior
 from priors.bnn import BNNPrior
 from priors.gmm import GMMPrior
 from priors.gp import GPPrior
@@ -16,6 +16,7 @@ __all__ = [
     "BNNPrior",
     "GMMPrior",
     "GPPrior",
+    "InputScaling",
     "LearningCurvePrior",
     "MinMaxPrior",
     "MixturePrior",

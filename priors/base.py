@@ -49,8 +49,33 @@ class PriorBatch:
                 raise ValueError(f"PriorBatch.hyperparameters[{name!r}] must be [batch], got {tuple(values.shape)}")
 
 
+@dataclass(frozen=True)
+class InputScaling:
+    """How `PFN.predict` maps each feature of a real dataset into a prior's units, from the context alone.
+
+    kind "range": an affine map per feature so the context spans [low, high]; for priors whose
+        inputs fill a box (the default: the unit cube).
+    kind "standardize": each feature centred on the context's mean and scaled so the context's
+        standard deviation is `spread`; for priors whose inputs lie about the origin with a typical
+        spread rather than in a box (the GMM prior). Squeezing such data into a box would show the
+        network clusters far closer together than any it was trained on.
+    """
+
+    kind: str = "range"
+    low: float = 0.0
+    high: float = 1.0
+    spread: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("range", "standardize"):
+            raise ValueError(f"InputScaling.kind must be 'range' or 'standardize', got {self.kind!r}")
+        if not self.low < self.high or not self.spread > 0:
+            raise ValueError(f"InputScaling needs low < high and spread > 0, got {self}")
+
+
 class Prior:
-    """Base class of all priors. Subclasses set `name` and implement `sample`."""
+    """Base class of all priors. Subclasses set `name` and implement `sample`; one whose inputs
+    are not spread over the unit cube also says how real inputs map into its units (`input_scaling`)."""
 
     name: str = ""
 
@@ -71,6 +96,10 @@ class Prior:
         device: torch.device | str = "cpu",
     ) -> PriorBatch:
         raise NotImplementedError
+
+    def input_scaling(self) -> InputScaling:
+        """How a real dataset's inputs are mapped into this prior's units before prediction."""
+        return InputScaling()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self._hyperparameters.items())

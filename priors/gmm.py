@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from priors.base import Prior, PriorBatch, register_prior
+from priors.base import InputScaling, Prior, PriorBatch, register_prior
 
 
 @dataclass
@@ -76,6 +76,16 @@ class GMMPrior(Prior):
         self.min_classes, self.max_classes = min_classes, max_classes
         self.concentration, self.kappa0, self.dof_offset, self.psi0 = concentration, kappa0, dof_offset, psi0
         self.label_noise, self.permute_classes = label_noise, permute_classes
+
+    def input_scaling(self) -> InputScaling:
+        """Standardise each feature to the typical spread of this prior's datasets: the median over
+        4,000 drawn datasets (100 points, 1 feature, a fixed seed) of a feature's standard deviation.
+        A diagonal entry of an inverse-Wishart matrix with nu0 = features + dof_offset degrees of
+        freedom has the same distribution whatever the number of features, and so has one feature
+        of the data: one feature tells the spread of every one. The median ignores the inverse
+        Wishart's heavy tail."""
+        batch = self.sample(4000, 100, 1, torch.Generator().manual_seed(0))
+        return InputScaling(kind="standardize", spread=batch.x.std(1).median().item())
 
     def sample_parameters(
         self, batch_size: int, num_features: int, generator: torch.Generator, device: torch.device | str = "cpu"

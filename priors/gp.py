@@ -13,7 +13,7 @@ import gpytorch
 import torch
 from einops import rearrange
 
-from priors.base import Prior, PriorBatch, register_prior
+from priors.base import InputScaling, Prior, PriorBatch, register_prior
 from priors.hyperpriors import Hyperparameter, check_hyperparameter, sample_hyperparameter
 
 KERNELS = ("rbf", "matern12", "matern32", "matern52")
@@ -140,6 +140,10 @@ class GPPrior(Prior):
         self.x_range = (float(x_range[0]), float(x_range[1]))
         self.jitter = jitter
         self._kernel = make_kernel(kernel, same_inputs=True)
+
+    def input_scaling(self) -> InputScaling:
+        low, high = self.x_range
+        return InputScaling(kind="range", low=low, high=high)
 
     @property
     def has_fixed_hyperparameters(self) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from priors.base import Prior, PriorBatch, build_prior, register_prior
+from priors.base import InputScaling, Prior, PriorBatch, build_prior, register_prior
 
 
 @register_prior("mixture")
@@ -31,6 +31,17 @@ class MixturePrior(Prior):
         super().__init__(priors=[c.spec for c in components], weights=weights)
         self.components = components
         self.weights = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+
+    def input_scaling(self) -> InputScaling:
+        """The components' common scaling; components whose inputs live on different scales leave
+        no one map that suits every dataset (wrap such a mixture in `minmax`)."""
+        scalings = {component.input_scaling() for component in self.components}
+        if len(scalings) > 1:
+            raise ValueError(
+                f"the mixture's components map inputs differently ({sorted(map(str, scalings))}); "
+                "wrap it in the 'minmax' prior so every dataset is on one scale"
+            )
+        return scalings.pop()
 
     def sample(self, batch_size, num_points, num_features, generator, device="cpu") -> PriorBatch:
         which = torch.multinomial(self.weights.to(device), batch_size, replacement=True, generator=generator)
