@@ -33,9 +33,15 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> None:
 
     import pfn
 
+    def read_csv(path: str) -> np.ndarray:
+        try:
+            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1 if args.header else 0)
+        except ValueError as error:
+            hint = "" if args.header else " (if its first row names the columns, pass --header)"
+            raise SystemExit(f"{path}: not a numeric CSV table{hint}: {error}") from error
+
     model = pfn.load(args.model)
-    context = np.loadtxt(args.context, delimiter=",", ndmin=2, skiprows=1 if args.header else 0)
-    query = np.loadtxt(args.query, delimiter=",", ndmin=2, skiprows=1 if args.header else 0)
+    context, query = read_csv(args.context), read_csv(args.query)
     if context.shape[1] < 2:
         raise SystemExit(
             f"{args.context}: need feature columns followed by a target column, got {context.shape[1]} column(s)"

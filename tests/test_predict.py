@@ -125,6 +125,17 @@ def test_cli_predict_writes_mean_and_quantiles(tmp_path, tiny_model_path, data):
     np.testing.assert_allclose(table["mean"], pfn.load(tiny_model_path).predict(x, y, xq).mean, rtol=1e-4)
 
 
+def test_cli_predict_reads_headers_only_when_told(tmp_path, tiny_model_path, data):
+    x, y, xq = data
+    np.savetxt(tmp_path / "train.csv", np.column_stack([x, y]), delimiter=",", header="a,b,y", comments="")
+    np.savetxt(tmp_path / "test.csv", xq, delimiter=",", header="a,b", comments="")
+    files = ["--context", str(tmp_path / "train.csv"), "--query", str(tmp_path / "test.csv")]
+    with pytest.raises(SystemExit, match="train.csv: not a numeric CSV table .*pass --header"):
+        main(["predict", "--model", str(tiny_model_path), *files])
+    main(["predict", "--model", str(tiny_model_path), *files, "--header", "--out", str(tmp_path / "out.csv")])
+    assert len(pd.read_csv(tmp_path / "out.csv")) == len(xq)
+
+
 def bench_gp(model_path, out_dir, *extra: str) -> None:
     args = ["--context", "0,4", "--features", "1,2", "--datasets", "8", "--queries", "3", "--out_dir", str(out_dir)]
     main(["bench", "gp", "--model", str(model_path), *args, *extra])
