@@ -21,7 +21,7 @@ from pfn.heads import CategoricalHead, RiemannHead
 from pfn.model import PFNTransformer
 from pfn.network import build_backbone, build_head
 from pfn.scaling import context_standardization
-from priors import InputScaling, build_prior
+from priors import InputScaling, Prior, build_prior
 
 
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
@@ -44,13 +44,19 @@ def _as_tensor(name: str, value: Any) -> torch.Tensor:
 
 @dataclass
 class Normalizer:
-    """Per-dataset affine maps computed from the context alone (so queries stay independent).
+    """Per-dataset affine maps into the units of the model's prior, computed from the context
+    alone (so queries stay independent).
 
-    x goes into the units of the model's prior, feature by feature, as the prior asks
-    (`priors.InputScaling`): for most priors the context is mapped to span [0, 1], for one whose
-    inputs lie about the origin (GMM) it is centred and scaled to the prior's typical spread. y is
-    standardised by the context's mean and standard deviation. Where the context cannot define a
-    scale (fewer than two points, or a constant column) the scale is 1 and only the shift applies.
+    x, feature by feature, as the prior asks (`priors.InputScaling`): for most priors onto the
+    box its inputs fill, for one whose inputs lie about the origin (GMM) centred and scaled to
+    its typical spread. The box is estimated as a uniform distribution's support would be from
+    n draws, [min - r / (n - 1), max + r / (n - 1)] with r = max - min: n points do not reach
+    the edges, so mapping their own range onto the box would move them apart (two points would
+    land on opposite corners); a single point goes to the box's centre.
+    y as the prior asks (`Prior.output_scaling`: a GP with fixed hyperparameters fits its
+    outputscale), else standardised by the context's mean and standard deviation.
+    Where the context cannot define a scale (a constant column, fewer than two points) the
+    scale is 1 and only the shift applies.
     """
 
     x_loc: torch.Tensor  # [b, 1, f]
@@ -60,30 +66,34 @@ class Normalizer:
 
     @classmethod
     def fit(
-        cls,
-        x_context: torch.Tensor,
-        y_context: torch.Tensor,
-        standardize_y: bool = True,
-        input_scaling: InputScaling | None = None,
+        cls, x_context: torch.Tensor, y_context: torch.Tensor, prior: Prior | None = None, standardize_y: bool = True
     ) -> Normalizer:
-        """Maps fitted to the context; `standardize_y=False` leaves y alone (class labels)."""
-        scaling = input_scaling or InputScaling()
+        """Maps fitted to the context; `prior` None: the unit cube for x, the context's mean and
+        standard deviation for y; `standardize_y=False` leaves y alone (class labels)."""
+        scaling = prior.input_scaling() if prior is not None else InputScaling()
         normalizer = cls.identity(x_context)
         num_context = x_context.shape[1]
         if num_context == 0:
             return normalizer
         if scaling.kind == "range":
-            x_min = x_context.amin(1, keepdim=True)
-            span = (x_context.amax(1, keepdim=True) - x_min) / (scaling.high - scaling.low)
-            normalizer.x_scale = torch.where(span > 0, span, torch.ones_like(span))
-            normalizer.x_loc = x_min - scaling.low * normalizer.x_scale
+            box = scaling.high - scaling.low
+            low = x_context.amin(1, keepdim=True)
+            span = x_context.amax(1, keepdim=True) - low
+            if num_context > 1:
+                low, span = low - span / (num_context - 1), span * (num_context + 1) / (num_context - 1)
+            varies = span > 0
+            normalizer.x_scale = torch.where(varies, span / box, torch.ones_like(span))
+            # A constant feature (any feature of a single point) goes to the box's centre.
+            centre = 0.5 * (scaling.low + scaling.high)
+            normalizer.x_loc = torch.where(varies, low - scaling.low * normalizer.x_scale, low - centre)
         else:
             normalizer.x_loc = x_context.mean(1, keepdim=True)
             if num_context > 1:
                 spread = x_context.std(1, keepdim=True) / scaling.spread
                 normalizer.x_scale = torch.where(spread > 0, spread, torch.ones_like(spread))
         if standardize_y:
-            normalizer.y_loc, normalizer.y_scale = context_standardization(y_context)
+            fitted = prior.output_scaling(normalizer.x(x_context), y_context) if prior is not None else None
+            normalizer.y_loc, normalizer.y_scale = fitted if fitted is not None else context_standardization(y_context)
         return normalizer
 
     @classmethod
@@ -144,9 +154,9 @@ class PFN:
         return dict(self.config.prior)
 
     @functools.cached_property
-    def input_scaling(self) -> InputScaling:
-        """How `predict` maps a real dataset's inputs into the units of this model's prior."""
-        return build_prior(self.prior_spec).input_scaling()
+    def prior(self) -> Prior:
+        """The prior this model was trained on; `predict` maps real data into its units."""
+        return build_prior(self.prior_spec)
 
     @property
     def max_features(self) -> int:
@@ -230,7 +240,7 @@ class PFN:
         if self.is_classifier:
             self._check_labels(y_context)
         normalizer = (
-            Normalizer.fit(x_context, y_context, standardize_y=not self.is_classifier, input_scaling=self.input_scaling)
+            Normalizer.fit(x_context, y_context, self.prior, standardize_y=not self.is_classifier)
             if normalize
             else Normalizer.identity(x_context)
         )

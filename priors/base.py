@@ -101,6 +101,16 @@ class Prior:
         """How a real dataset's inputs are mapped into this prior's units before prediction."""
         return InputScaling()
 
+    def output_scaling(
+        self, x_context: torch.Tensor, y_context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """How a real dataset's targets are mapped into this prior's units: (loc, scale), each
+        [batch, 1], with y -> (y - loc) / scale, from the context (x_context [batch, n, f], already
+        in the prior's units, and y_context [batch, n], n >= 1). None, the default, leaves it to the
+        predictor: standardise by the context's mean and standard deviation. A prior that fixes
+        the scale of its targets (a GP with a fixed outputscale) can do far better."""
+        return None
+
     def __repr__(self) -> str:
         args = ", ".join(f"{key}={value!r}" for key, value in self._hyperparameters.items())
         return f"{type(self).__name__}({args})"

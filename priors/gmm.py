@@ -9,6 +9,7 @@ ids among 0..max_classes-1, so no model can learn anything from label order.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -77,15 +78,19 @@ class GMMPrior(Prior):
         self.concentration, self.kappa0, self.dof_offset, self.psi0 = concentration, kappa0, dof_offset, psi0
         self.label_noise, self.permute_classes = label_noise, permute_classes
 
-    def input_scaling(self) -> InputScaling:
-        """Standardise each feature to the typical spread of this prior's datasets: the median over
-        4,000 drawn datasets (100 points, 1 feature, a fixed seed) of a feature's standard deviation.
-        A diagonal entry of an inverse-Wishart matrix with nu0 = features + dof_offset degrees of
-        freedom has the same distribution whatever the number of features, and so has one feature
-        of the data: one feature tells the spread of every one. The median ignores the inverse
-        Wishart's heavy tail."""
+    @functools.cached_property
+    def typical_spread(self) -> float:
+        """The median over 4,000 drawn datasets (100 points, 1 feature, a fixed seed) of a feature's
+        standard deviation. A diagonal entry of an inverse-Wishart matrix with nu0 = features +
+        dof_offset degrees of freedom has the same distribution whatever the number of features,
+        and so has one feature of the data: one feature tells the spread of every one. The median
+        ignores the inverse Wishart's heavy tail."""
         batch = self.sample(4000, 100, 1, torch.Generator().manual_seed(0))
-        return InputScaling(kind="standardize", spread=batch.x.std(1).median().item())
+        return batch.x.std(1).median().item()
+
+    def input_scaling(self) -> InputScaling:
+        """Standardise each feature to the typical spread of this prior's datasets."""
+        return InputScaling(kind="standardize", spread=self.typical_spread)
 
     def sample_parameters(
         self, batch_size: int, num_features: int, generator: torch.Generator, device: torch.device | str = "cpu"

@@ -256,28 +256,30 @@ def test_cli_predict_with_a_classifier(tmp_path, tiny_gmm_path):
 def test_gmm_inputs_are_standardised_to_the_priors_spread():
     prior = GMMPrior()
     scaling = prior.input_scaling()
-    assert scaling == prior.input_scaling()  # a fixed seed: the same every time
+    assert scaling == GMMPrior().input_scaling()  # a fixed seed: the same every time
     assert scaling.kind == "standardize"
-    # The typical spread of fresh draws, in any number of features (see GMMPrior.input_scaling).
+    # The typical spread of fresh draws, in any number of features (see GMMPrior.typical_spread).
     for num_features in (1, 4):
         fresh = prior.sample(2000, 100, num_features, torch.Generator().manual_seed(5)).x.std(1).median()
         assert fresh.item() == pytest.approx(scaling.spread, rel=0.03)
     x_context = torch.randn(3, 40, 2, dtype=torch.float64) * torch.tensor([5.0, 0.01]) + 7.0
-    normalizer = pfn.predictor.Normalizer.fit(x_context, torch.zeros(3, 40), False, scaling)
+    normalizer = pfn.predictor.Normalizer.fit(x_context, torch.zeros(3, 40), prior, standardize_y=False)
     mapped = normalizer.x(x_context)
     assert torch.allclose(mapped.mean(1), torch.zeros(3, 2, dtype=torch.float64), atol=1e-9)
     assert torch.allclose(mapped.std(1), torch.full((3, 2), scaling.spread, dtype=torch.float64))
 
 
-def test_range_scaling_maps_the_context_onto_the_box():
-    x_context = torch.rand(2, 30, 3, dtype=torch.float64) * 10 - 4
-    normalizer = pfn.predictor.Normalizer.fit(
-        x_context, torch.zeros(2, 30), input_scaling=build_prior({"name": "gp", "x_range": [-1.0, 2.0]}).input_scaling()
-    )
-    mapped = normalizer.x(x_context)
-    assert torch.allclose(mapped.amin(1), torch.full((2, 3), -1.0).double()) and torch.allclose(
-        mapped.amax(1), torch.full((2, 3), 2.0).double()
-    )
+def test_range_scaling_puts_the_context_where_uniform_draws_would_lie():
+    prior = build_prior({"name": "gp", "x_range": [-1.0, 2.0]})
+    for n in (1, 2, 30):
+        x_context = torch.rand(2, n, 3, dtype=torch.float64) * 10 - 4
+        mapped = pfn.predictor.Normalizer.fit(x_context, torch.zeros(2, n), prior).x(x_context)
+        # n uniform draws from a box of width 3 have expected extremes 3 / (n + 1) inside its edges;
+        # a single point sits at the centre.
+        inset = 3.0 / (n + 1)
+        expected_low = torch.full((2, 3), -1.0 + inset, dtype=torch.float64)
+        assert torch.allclose(mapped.amin(1), expected_low)
+        assert torch.allclose(mapped.amax(1), expected_low + (3.0 - 2 * inset))
 
 
 def test_a_mixture_of_differently_scaled_priors_names_the_fix():

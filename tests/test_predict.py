@@ -231,3 +231,15 @@ def test_cpu_chunking_of_a_large_batch_changes_nothing(model, monkeypatch):
     chunked = model.predict(x[:, :20], y[:, :20], x[:, 20:])
     assert chunked.batch_shape == whole.batch_shape == (40, 10)
     assert torch.allclose(chunked.logits, whole.logits, atol=1e-4)
+
+
+def test_shipped_gp_in_the_users_units_predicts_nearly_as_in_the_priors():
+    """`predict` maps data into the prior's units; on the prior's own datasets (which any units
+    would give, the maps being affine-equivariant) that may lose little. Standardising y by the
+    context and stretching its range over [0, 1], as before, lost 0.70 nats/point here; now 0.01."""
+    model = pfn.load("gp")
+    batch = model.prior.sample(100, 40, 2, torch.Generator().manual_seed(8))
+    x_context, y_context, x_query, y_query = batch.x[:, :20], batch.y[:, :20], batch.x[:, 20:], batch.y[:, 20:]
+    in_prior_units = -model.predict(x_context, y_context, x_query, normalize=False).log_prob(y_query).mean()
+    mapped = -model.predict(x_context, y_context, x_query).log_prob(y_query).mean()
+    assert mapped < in_prior_units + 0.1

@@ -139,3 +139,20 @@ def test_a_new_prior_is_one_small_class():
     assert "test_linear" in available_priors()
     prior = build_prior({"name": "test_linear", "slope_scale": 2.0})
     assert draw(prior, 0).y.shape == (4, 20)
+
+
+def test_fixed_gp_output_scaling_recovers_the_outputscale_and_follows_the_units():
+    prior = GPPrior()  # outputscale 1
+    batch = draw(prior, 3, batch=200, points=30, features=2)
+    x, y = batch.x.double(), 3.0 * batch.y.double() - 7.0  # the same data in other units
+    loc, scale = prior.output_scaling(x, y)
+    # Maximum likelihood under the prior's kernel sees through the change of units; the
+    # context's standard deviation reads a smooth function seen over the unit square as a
+    # smaller one (about 0.6 of its outputscale here).
+    assert scale.median().item() == pytest.approx(3.0, rel=0.1)
+    assert y.std(1).median().item() < 0.8 * 3.0
+    loc_again, scale_again = prior.output_scaling(x, -2.0 * y + 1.0)
+    assert torch.allclose(loc_again, -2.0 * loc + 1.0) and torch.allclose(scale_again, 2.0 * scale)
+    # Under hyperpriors the outputscale is not fixed: the predictor standardises instead.
+    hyper = GPPrior(outputscale={"distribution": "gamma", "concentration": 2.0, "rate": 2.0})
+    assert hyper.output_scaling(x, y) is None
