@@ -21,7 +21,7 @@ from pfn.heads import CategoricalHead, RiemannHead
 from pfn.model import PFNTransformer
 from pfn.network import build_backbone, build_head
 from pfn.scaling import context_standardization
-from priors import InputScaling, Prior, build_prior
+from priors import Prior, build_prior
 
 
 def _as_tensor(name: str, value: Any) -> torch.Tensor:
@@ -66,11 +66,10 @@ class Normalizer:
 
     @classmethod
     def fit(
-        cls, x_context: torch.Tensor, y_context: torch.Tensor, prior: Prior | None = None, standardize_y: bool = True
+        cls, x_context: torch.Tensor, y_context: torch.Tensor, prior: Prior, standardize_y: bool = True
     ) -> Normalizer:
-        """Maps fitted to the context; `prior` None: the unit cube for x, the context's mean and
-        standard deviation for y; `standardize_y=False` leaves y alone (class labels)."""
-        scaling = prior.input_scaling() if prior is not None else InputScaling()
+        """Maps fitted to the context into `prior`'s units; `standardize_y=False` leaves y alone (class labels)."""
+        scaling = prior.input_scaling()
         normalizer = cls.identity(x_context)
         num_context = x_context.shape[1]
         if num_context == 0:
@@ -92,7 +91,7 @@ class Normalizer:
                 spread = x_context.std(1, keepdim=True) / scaling.spread
                 normalizer.x_scale = torch.where(spread > 0, spread, torch.ones_like(spread))
         if standardize_y:
-            fitted = prior.output_scaling(normalizer.x(x_context), y_context) if prior is not None else None
+            fitted = prior.output_scaling(normalizer.x(x_context), y_context)
             normalizer.y_loc, normalizer.y_scale = fitted if fitted is not None else context_standardization(y_context)
         return normalizer
 

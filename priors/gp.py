@@ -150,12 +150,12 @@ class GPPrior(Prior):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """With fixed hyperparameters: centre on the context's mean and scale so that the prior's
         own outputscale is the one that makes the context most likely under this kernel (lengthscale
-        and noise-to-signal ratio fixed): sigma^2 = r' C^-1 r / (n - 1), with r the centred context
-        and C the kernel matrix at unit outputscale plus its share of the noise. Standardising by the
-        context's standard deviation instead reads a smooth function seen over a small part of its
-        range as a rougher, larger one: on datasets of the shipped `gp`'s own prior that cost it
-        1.3-1.5 nats/point from 10 points on, this 0.09 at 10 points and 0.01 at 50
-        (benchmarks/results/units-2026-11-27.md).
+        and noise-to-signal ratio fixed): y is divided by s, where s^2 = r' K^-1 r / (n - 1), the
+        most likely factor on K, the prior's covariance of y, with r the centred context.
+        Standardising by the context's standard deviation instead reads a smooth function seen over
+        a small part of its range as a rougher, larger one: on datasets of the shipped `gp`'s own
+        prior that cost it 1.3-1.5 nats/point from 10 points on, this 0.09 at 10 points and 0.01 at
+        50 (benchmarks/results/units-2026-11-27.md).
         Under hyperpriors the outputscale is the data's to choose: None, the default."""
         if not self.has_fixed_hyperparameters:
             return None
@@ -164,17 +164,30 @@ class GPPrior(Prior):
         if num_context < 2:
             return loc, y_context.new_ones(batch_size, 1)
         x = x_context.double()
-        ones = torch.ones(batch_size, dtype=torch.float64, device=x.device)
-        noise_share = self.observation_noise(ones * self.noise, ones * self.outputscale) / self.outputscale
-        correlation = self.covariance(x, ones * self.lengthscale, ones) + rearrange(
-            noise_share, "b -> b 1 1"
-        ) * torch.eye(num_context, dtype=torch.float64, device=x.device)
+        lengthscale, outputscale, noise = self._fixed_hyperparameters(batch_size, x.device).values()
+        factor = self._noisy_factor(
+            self.covariance(x, lengthscale, outputscale), self.observation_noise(noise, outputscale)
+        )
         residual = rearrange((y_context - loc).double(), "b n -> b n 1")
-        whitened = torch.linalg.solve_triangular(torch.linalg.cholesky(correlation), residual, upper=False)
-        variance = whitened.square().sum((1, 2)) / (num_context - 1)  # [b]
-        scale = (variance / self.outputscale).sqrt()
+        whitened = torch.linalg.solve_triangular(factor, residual, upper=False)
+        scale = (whitened.square().sum((1, 2)) / (num_context - 1)).sqrt()  # [b]
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return loc, rearrange(scale, "b -> b 1").to(y_context.dtype)
+
+    def _fixed_hyperparameters(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The fixed lengthscale, outputscale and noise, each as [batch] float64 (in that order)."""
+        return {
+            name: torch.full((batch_size,), float(getattr(self, name)), dtype=torch.float64, device=device)
+            for name in ("lengthscale", "outputscale", "noise")
+        }
+
+    @staticmethod
+    def _noisy_factor(covariance: torch.Tensor, observation_noise: torch.Tensor) -> torch.Tensor:
+        """Cholesky factor of the covariance of noisy targets: `covariance` [b, n, n] of the latent
+        function plus `observation_noise` [b] on the diagonal. The noise keeps the smallest
+        eigenvalue >= jitter * outputscale: no more jitter needed."""
+        eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+        return stable_cholesky(covariance + observation_noise[:, None, None] * eye, jitter=0.0, check=False)
 
     @property
     def has_fixed_hyperparameters(self) -> bool:
@@ -223,10 +236,7 @@ class GPPrior(Prior):
                     "the exact posterior predictive under hyperpriors needs the hyperparameters each dataset "
                     "was drawn with (PriorBatch.hyperparameters)"
                 )
-            hyperparameters = {
-                name: torch.full((batch_size,), float(getattr(self, name)), dtype=torch.float64, device=x.device)
-                for name in ("lengthscale", "outputscale", "noise")
-            }
+            hyperparameters = self._fixed_hyperparameters(batch_size, x.device)
         lengthscale, outputscale, noise = (
             hyperparameters[name].to(device=x.device, dtype=torch.float64)
             for name in ("lengthscale", "outputscale", "noise")
@@ -234,12 +244,8 @@ class GPPrior(Prior):
         # The joint matrix, because the prior's kernel evaluates only k(x, x) (GPyTorch's k(x1, x2)
         # compares its inputs on the host); its query-query block goes unused.
         covariance = self.covariance(x, lengthscale, outputscale)  # [b, n+q, n+q]
-        eye = torch.eye(n, dtype=torch.float64, device=x.device)
         observation_noise = self.observation_noise(noise, outputscale)  # [b]
-        # The noise keeps the smallest eigenvalue >= jitter * outputscale: no more jitter needed.
-        factor = stable_cholesky(
-            covariance[:, :n, :n] + observation_noise[:, None, None] * eye, jitter=0.0, check=False
-        )
+        factor = self._noisy_factor(covariance[:, :n, :n], observation_noise)
         whitened_cross = torch.linalg.solve_triangular(factor, covariance[:, :n, n:], upper=False)  # [b, n, q]
         whitened_y = torch.linalg.solve_triangular(factor, y_context.double()[..., None], upper=False)  # [b, n, 1]
         mean = (whitened_cross * whitened_y).sum(1)  # [b, q]
