@@ -21,6 +21,7 @@ from pfn.checkpoint import WEIGHT_DTYPES
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's levels
+X_ENCODERS = ("linear", "mlp")
 
 
 @dataclass
@@ -40,6 +41,11 @@ class ModelConfig:
     # learns them slowly; the shipped gp model's logits spanned ~50 and its predictive std was
     # 2-2.5x the exact GP's in one feature although its median was within 0.1-0.3 std.
     learned_temperature: bool = False
+    # How each point's (padded) features become a token: "linear", or "mlp" (Linear, GELU, Linear).
+    # First-layer attention logits between linearly encoded points are x_q.A.x_c + u.x_c: they
+    # can tilt towards a direction but cannot measure the distance |x_q - x_c| that a kernel
+    # smoother weighs by, which needs |x_c|^2; an MLP encoder can supply such features.
+    x_encoder: str = "linear"
 
 
 @dataclass
@@ -159,6 +165,8 @@ class Config:
             raise ValueError(f"data.stream must be >= 0, got {self.data.stream}")
         if self.train.max_steps < 1 or self.train.checkpoint_every < 1:
             raise ValueError("train.max_steps and train.checkpoint_every must be >= 1")
+        if self.model.x_encoder not in X_ENCODERS:
+            raise ValueError(f"model.x_encoder must be one of {', '.join(X_ENCODERS)}, got {self.model.x_encoder!r}")
         if self.model.learned_temperature and self.model.head != "riemann":
             raise ValueError("model.learned_temperature sharpens a bar distribution; it needs model.head 'riemann'")
         if self.data.standardize_y and self.model.head != "riemann":

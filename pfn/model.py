@@ -102,11 +102,17 @@ class PFNTransformer(nn.Module):
         dropout: float = 0.0,
         num_classes: int | None = None,
         learned_temperature: bool = False,
+        x_encoder: str = "linear",
     ) -> None:
         super().__init__()
         self.max_features = max_features
         self.num_classes = num_classes
-        self.x_encoder = nn.Linear(max_features, emsize)
+        if x_encoder == "linear":
+            self.x_encoder = nn.Linear(max_features, emsize)
+        elif x_encoder == "mlp":
+            self.x_encoder = nn.Sequential(nn.Linear(max_features, emsize), nn.GELU(), nn.Linear(emsize, emsize))
+        else:
+            raise ValueError(f"x_encoder must be 'linear' or 'mlp', got {x_encoder!r}")
         self.y_encoder = nn.Embedding(num_classes, emsize) if num_classes else nn.Linear(1, emsize)
         self.empty_context = nn.Parameter(torch.randn(emsize) * 0.02)
         self.blocks = nn.ModuleList(Block(emsize, nhead, nhid, dropout) for _ in range(nlayers))
@@ -131,7 +137,7 @@ class PFNTransformer(nn.Module):
     # products still round each coordinate separately).
     def encode_x(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return self.x_encoder(pad_features(x.to(self.x_encoder.weight.dtype), self.max_features))
+            return self.x_encoder(pad_features(x.to(self.empty_context.dtype), self.max_features))
 
     def encode_y(self, y: torch.Tensor) -> torch.Tensor:
         if self.num_classes:

@@ -21,6 +21,7 @@ def build_backbone(model: ModelConfig) -> PFNTransformer:
         dropout=model.dropout,
         num_classes=model.num_classes if classification else None,
         learned_temperature=model.learned_temperature,
+        x_encoder=model.x_encoder,
     )
 
 

@@ -324,6 +324,20 @@ def test_init_from_can_gain_a_learned_temperature(tmp_path, tiny_model_path):
         tiny_config(tmp_path / "v", "--model.head", "categorical", "--model.learned_temperature", "true")
 
 
+def test_mlp_x_encoder_travels_through_the_checkpoint(tmp_path, tiny_model_path):
+    model = pfn.load(train(tiny_config(tmp_path / "m", "--model.x_encoder", "mlp", "--train.max_steps", "2")))
+    assert model.config.model.x_encoder == "mlp" and isinstance(model.backbone.x_encoder, torch.nn.Sequential)
+    rng = torch.Generator().manual_seed(0)
+    x_context, y_context = torch.rand(6, 2, generator=rng), torch.randn(6, generator=rng)
+    x_query = torch.rand(4, 2, generator=rng)
+    assert torch.isfinite(model.predict(x_context, y_context, x_query).mean).all()
+    # Changing the encoder would throw trained weights away: init_from refuses it.
+    with pytest.raises(ValueError, match=r"model\.x_encoder \('linear' there, 'mlp' here\)"):
+        train(tiny_config(tmp_path / "n", "--train.init_from", str(tiny_model_path), "--model.x_encoder", "mlp"))
+    with pytest.raises(ValueError, match="model.x_encoder must be one of linear, mlp, got 'MLP'"):
+        tiny_config(tmp_path / "o", "--model.x_encoder", "MLP")
+
+
 @pytest.mark.parametrize(
     "extra",
     [
