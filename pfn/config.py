@@ -44,7 +44,9 @@ class ModelConfig:
     # How each point's (padded) features become a token: "linear", or "mlp" (Linear, GELU, Linear).
     # First-layer attention logits between linearly encoded points are x_q.A.x_c + u.x_c: they
     # can tilt towards a direction but cannot measure the distance |x_q - x_c| that a kernel
-    # smoother weighs by, which needs |x_c|^2; an MLP encoder can supply such features.
+    # smoother weighs by, which needs |x_c|^2; an MLP encoder can supply such features. At equal
+    # CPU time on the GP prior it was even with linear on average, slightly better at 50-100
+    # points (benchmarks/results/x-encoder-2026-11-27.md).
     x_encoder: str = "linear"
 
 
