@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 
 from pfn.checkpoint import WEIGHT_DTYPES
+from pfn.model import X_ENCODERS
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's levels
-X_ENCODERS = ("linear", "mlp")
 
 
 @dataclass

@@ -24,6 +24,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 # kernels take any length as it comes.
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
+X_ENCODERS = ("linear", "mlp")  # how a point's features become a token (model.x_encoder)
+
 
 class ContextAttention(nn.Module):
     def __init__(self, emsize: int, nhead: int, dropout: float) -> None:
@@ -112,7 +114,7 @@ class PFNTransformer(nn.Module):
         elif x_encoder == "mlp":
             self.x_encoder = nn.Sequential(nn.Linear(max_features, emsize), nn.GELU(), nn.Linear(emsize, emsize))
         else:
-            raise ValueError(f"x_encoder must be 'linear' or 'mlp', got {x_encoder!r}")
+            raise ValueError(f"x_encoder must be one of {', '.join(X_ENCODERS)}, got {x_encoder!r}")
         self.y_encoder = nn.Embedding(num_classes, emsize) if num_classes else nn.Linear(1, emsize)
         self.empty_context = nn.Parameter(torch.randn(emsize) * 0.02)
         self.blocks = nn.ModuleList(Block(emsize, nhead, nhid, dropout) for _ in range(nlayers))
