@@ -183,6 +183,23 @@ def test_cpu_training_leaves_the_float32_matmul_precision_alone(tmp_path):
     assert torch.get_float32_matmul_precision() == before
 
 
+def test_the_loss_is_logged_every_log_every_steps(tmp_path):
+    # training_step calls `self.log` only on the steps the logger writes (Lightning's own rule).
+    losses = []
+
+    class RecordLosses(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    config = tiny_config(tmp_path, "--logger", "csv", "--train.max_steps", "12", "--train.log_every", "5")
+    train(config, callbacks=[RecordLosses()])
+    rows = (tmp_path / "logs" / "version_0" / "metrics.csv").read_text().split()
+    assert rows[0] == "epoch,step,train/loss"
+    logged = {int(step): float(loss) for _, step, loss in (row.split(",") for row in rows[1:])}
+    assert list(logged) == [4, 9]
+    assert all(logged[step] == pytest.approx(losses[step]) for step in logged)  # that step's loss, not a stale one
+
+
 def test_wandb_logger_works_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
