@@ -218,9 +218,11 @@ def test_time_budget_sets_max_steps_to_fit_the_budget(tmp_path):
     checkpoint = read_checkpoint(path)
     trained = checkpoint["metadata"]["trained_steps"]
     # The budget (3 s) stops training long before a million steps, and the exported config
-    # records the schedule's final length, which is the number of steps actually taken.
+    # records the schedule's final length: the number of steps taken, unless the machine slowed
+    # down after the last estimate and Lightning's `max_time` cut the last few (seen once, on
+    # cores shared with two trainings: 24 of 25).
     assert 20 < trained < 1_000_000 and seconds < 60
-    assert checkpoint["config"]["train"]["max_steps"] == trained
+    assert 0 <= checkpoint["config"]["train"]["max_steps"] - trained <= 0.1 * trained
 
 
 def test_float16_export_halves_the_file_and_keeps_predictions(tmp_path, tiny_model_path):
