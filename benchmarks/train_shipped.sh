@@ -5,6 +5,8 @@
 #   EXTRA_ARGS="--train.init_from gp" bash benchmarks/train_shipped.sh 530 gp   # continue a shipped model
 #   EXTRA_ARGS_gp="--train.init_from gp --train.lr 2e-4" EXTRA_ARGS_bnn="--train.init_from bnn" \
 #       bash benchmarks/train_shipped.sh 530 gp bnn gp_hyper   # per-model arguments (after EXTRA_ARGS)
+#   CONFIG_gp_hyper=runs/gph.yaml ...   # a config other than configs/<name>.yaml (e.g. from `pfn models NAME --write-config`)
+#   SKIP_THROUGHPUT=1 SKIP_LC=1 ...     # train only (the throughput benchmark was run apart)
 #
 # The throughput benchmark runs first, alone on the GPU, so its figures are clean. Then all
 # models train at the same time, one process each (small models leave a GPU mostly idle, so
@@ -30,8 +32,10 @@ START=$(date +%s)
 { nvidia-smi; python3 -c "import torch, lightning; print(torch.__version__, lightning.__version__)"; } \
     > "$LOGS/machine.txt" 2>&1
 
-timeout 150 python3 -m pfn.benchmarks.throughput --preset all --out "$LOGS/throughput.json" \
-    > "$LOGS/throughput.log" 2>&1 || echo "throughput benchmark failed or timed out (see throughput.log)"
+if [ -z "${SKIP_THROUGHPUT:-}" ]; then
+    timeout 150 python3 -m pfn.benchmarks.throughput --preset all --out "$LOGS/throughput.json" \
+        > "$LOGS/throughput.log" 2>&1 || echo "throughput benchmark failed or timed out (see throughput.log)"
+fi
 
 # The LC-PFN's time per curve on this GPU (issue 4 asks for the GPU figure); MCMC-PP's scores
 # and CPU times come from the committed cache, so emcee need not be installed here.
@@ -53,13 +57,19 @@ model_args() {  # the value of EXTRA_ARGS_<name>, if set
     echo "${!variable:-}"
 }
 
+model_config() {  # the value of CONFIG_<name>, or configs/<name>.yaml
+    local variable="CONFIG_$1"
+    echo "${!variable:-configs/$1.yaml}"
+}
+
 for name in "${MODELS[@]}"; do
-    if [ ! -f "configs/$name.yaml" ]; then
-        echo "skipping $name: configs/$name.yaml not found"
+    config=$(model_config "$name")
+    if [ ! -f "$config" ]; then
+        echo "skipping $name: $config not found"
         continue
     fi
     # Two CPU threads each: the GPU does the work, and seven processes share the machine's cores.
-    OMP_NUM_THREADS=2 python3 -m pfn.cli train --config "configs/$name.yaml" \
+    OMP_NUM_THREADS=2 python3 -m pfn.cli train --config "$config" \
         --train.max_minutes "$MINUTES" --train.max_steps 1000000 --train.export_dtype float16 \
         --train.checkpoint_every 2000 --train.progress_bar false --train.output_dir "runs/$name" \
         ${EXTRA_ARGS:-} $(model_args "$name") > "$LOGS/$name.log" 2>&1 &
