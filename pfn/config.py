@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from pfn.checkpoint import WEIGHT_DTYPES
@@ -100,12 +101,15 @@ class TrainConfig:
     # GPU speed: with varying context sizes a step is bound by the host launching ~4,000 small
     # kernels (benchmarks/README.md). `static_shapes` runs every batch at one shape (the context
     # marked by an attention mask; same predictions, attention over all points instead of the
-    # context), so that `compile` builds one graph and "reduce-overhead" can replay it as a CUDA
-    # graph. `compile` without `static_shapes` compiles with dynamic shapes (which failed in the
-    # backward on torch 2.11 on an H100: results/throughput-h100-2026-11-26-compile-error.json).
-    static_shapes: bool = False
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile's mode: see COMPILE_MODES
+    # context), so that `compile` builds one graph and "reduce-overhead" replays its passes as CUDA
+    # graphs: 2.8x the datasets/s of the usual path end to end, 3.5x for the model step ("small"
+    # throughput config on an H100, benchmarks/results/throughput-h100-2026-11-27b). "auto", the
+    # default, is exactly that on a CUDA GPU and all three off elsewhere (a CPU step is bound by
+    # its arithmetic). `compile` without `static_shapes` compiles with dynamic shapes (which failed
+    # in the backward on torch 2.11 on an H100: results/throughput-h100-2026-11-26-compile-error.json).
+    static_shapes: bool | str = "auto"
+    compile: bool | str = "auto"
+    compile_mode: str = "auto"  # torch.compile's mode: "auto" or one of COMPILE_MODES
     checkpoint_every: int = 500
     log_every: int = 50
     output_dir: str = "runs/default"
@@ -182,15 +186,41 @@ class Config:
                 f"train.matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
                 f"got {self.train.matmul_precision!r}"
             )
-        if self.train.compile_mode not in COMPILE_MODES:
+        for name in ("static_shapes", "compile"):
+            if getattr(self.train, name) not in (True, False, "auto"):
+                raise ValueError(f"train.{name} must be true, false or auto, got {getattr(self.train, name)!r}")
+        if self.train.compile_mode not in ("auto", *COMPILE_MODES):
             raise ValueError(
-                f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.train.compile_mode!r}"
+                f"train.compile_mode must be auto or one of {', '.join(COMPILE_MODES)}, got {self.train.compile_mode!r}"
             )
+        self.train = resolve_speed(self.train, training_device_type(self.train.accelerator))
         if self.train.compile_mode != "default" and not self.train.compile:
-            raise ValueError(f"train.compile_mode {self.train.compile_mode!r} needs train.compile: true")
+            raise ValueError(
+                f"train.compile_mode {self.train.compile_mode!r} needs train.compile: true "
+                "(auto compiles on a CUDA GPU only)"
+            )
         if self.train.max_minutes is not None and not self.train.max_minutes > 0:
             raise ValueError(f"train.max_minutes must be a positive number of minutes, got {self.train.max_minutes}")
         return self
+
+
+def training_device_type(accelerator: str) -> str:
+    """The device type Lightning trains on for `accelerator`: "cuda" for a CUDA GPU, else "cpu" (or what it names)."""
+    if accelerator in ("auto", "gpu", "cuda"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
+def resolve_speed(train: TrainConfig, device_type: str) -> TrainConfig:
+    """`train` with its "auto" speed options made concrete for training on `device_type`: compiled
+    at static shapes and replayed as CUDA graphs on a CUDA GPU, the usual eager path elsewhere."""
+    compile_ = device_type == "cuda" if train.compile == "auto" else train.compile
+    static_shapes = compile_ if train.static_shapes == "auto" else train.static_shapes
+    compile_mode = train.compile_mode
+    if compile_mode == "auto":
+        cuda_graphs = device_type == "cuda" and compile_ and static_shapes  # a CUDA graph needs one shape
+        compile_mode = "reduce-overhead" if cuda_graphs else "default"
+    return dataclasses.replace(train, compile=compile_, static_shapes=static_shapes, compile_mode=compile_mode)
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:

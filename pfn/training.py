@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pfn.checkpoint import file_sha256
-from pfn.config import Config
+from pfn.config import Config, training_device_type
 from pfn.exact_targets import check_exact_targets, exact_targets
 from pfn.heads import borders_from_samples, rebucket_output_layer
 from pfn.model import pad_features
@@ -269,9 +269,7 @@ def make_trainer(config: Config, callbacks: list[L.Callback] | None = None) -> L
     output = Path(train.output_dir)
     precision = train.precision
     if precision == "auto":
-        precision = (
-            "bf16-mixed" if torch.cuda.is_available() and train.accelerator in ("auto", "gpu", "cuda") else "32-true"
-        )
+        precision = "bf16-mixed" if training_device_type(train.accelerator) == "cuda" else "32-true"
     if config.logger == "csv":
         logger = L.pytorch.loggers.CSVLogger(output, name="logs")
     elif config.logger == "wandb":

@@ -8,9 +8,9 @@ import torch
 
 import pfn
 from pfn.checkpoint import read_checkpoint
-from pfn.config import load_config
+from pfn.config import TrainConfig, load_config, resolve_speed
 from pfn.model import MAX_LOG_TEMPERATURE, TEMPERATURE_GAIN
-from pfn.training import PFNModule, draw_training_batch, next_stream, train
+from pfn.training import PFNModule, compile_backbone, draw_training_batch, next_stream, train
 from priors import GPPrior, build_prior
 from tests.conftest import ROOT, tiny_config
 
@@ -117,12 +117,29 @@ def test_config_errors_name_the_key(tmp_path):
     assert config.model.emsize == 64 and config.prior["lengthscale"] == 0.3
 
 
+def test_auto_speed_options_compile_with_cuda_graphs_on_a_gpu_only():
+    def speed(device_type: str, **options) -> tuple:
+        train = resolve_speed(TrainConfig(**options), device_type)
+        return train.compile, train.static_shapes, train.compile_mode
+
+    assert speed("cuda") == (True, True, "reduce-overhead")
+    assert speed("cpu") == (False, False, "default")
+    assert speed("cpu", compile=True) == (True, True, "default")  # no CUDA graphs off a GPU
+    assert speed("cuda", static_shapes=False) == (True, False, "default")  # a CUDA graph needs one shape
+    assert speed("cuda", compile=False) == (False, False, "default")
+    assert speed("cuda", compile_mode="max-autotune") == (True, True, "max-autotune")
+    # What a config says after its checks: concrete values for the machine it is checked on.
+    cuda = torch.cuda.is_available()
+    assert load_config(None).train.compile is cuda
+    assert load_config(None, ["--train.accelerator", "cpu"]).train.compile is False
+
+
 def test_config_values_are_type_checked():
     with pytest.raises(ValueError, match="'train.max_steps' must be an integer, got 'ten'"):
         load_config(None, ["--train.max_steps", "ten"])
     with pytest.raises(ValueError, match="'model.emsize' must be an integer, got 1.5"):
         load_config(None, ["--model.emsize", "1.5"])
-    with pytest.raises(ValueError, match="'train.compile' must be true or false"):
+    with pytest.raises(ValueError, match="train.compile must be true, false or auto, got 'maybe'"):
         load_config(None, ["--train.compile", "maybe"])
     # YAML 1.1 reads 1e-3 as a string; a float key takes it as the number it spells.
     assert load_config(None, ["--train.lr", "1e-3"]).train.lr == 0.001
@@ -133,10 +150,10 @@ def test_config_values_are_type_checked():
         load_config(None, ["--train.export_dtype", "bfloat16"])
     with pytest.raises(ValueError, match="data.stream must be >= 0, got -1"):
         load_config(None, ["--data.stream", "-1"])
-    with pytest.raises(ValueError, match="train.compile_mode must be one of default, reduce-overhead"):
+    with pytest.raises(ValueError, match="train.compile_mode must be auto or one of default, reduce-overhead"):
         load_config(None, ["--train.compile_mode", "fast"])
     with pytest.raises(ValueError, match="train.compile_mode 'reduce-overhead' needs train.compile: true"):
-        load_config(None, ["--train.compile_mode", "reduce-overhead"])
+        load_config(None, ["--train.compile_mode", "reduce-overhead", "--train.compile", "false"])
     with pytest.raises(ValueError, match="train.matmul_precision must be one of highest, high, medium, got 'tf32'"):
         load_config(None, ["--train.matmul_precision", "tf32"])
 
@@ -385,3 +402,35 @@ def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
         for (name, a), b in zip(module.named_parameters(), static.parameters(), strict=True):
             assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
     assert len(shapes) > 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_cuda_graph_training_takes_the_steps_eager_training_does(tmp_path):
+    # The default on a CUDA GPU (train.compile etc. "auto"): the backbone compiled at static shapes
+    # and replayed as a CUDA graph. Same weights, same batches, float32: the same losses, step by step.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    losses = {}
+    for compiled in (False, True):
+        mode = "reduce-overhead" if compiled else "default"
+        config = tiny_config(
+            tmp_path, "--train.static_shapes", "true", "--train.compile", str(compiled).lower(),
+            "--train.compile_mode", mode,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        module = PFNModule(config.to_dict())
+        module.setup("fit")
+        module.cuda()
+        if compiled:
+            compile_backbone(module)
+        optimizer = module.configure_optimizers()["optimizer"]
+        losses[compiled] = []
+        for step in range(8):
+            loss = module.loss(draw_training_batch(module.prior, config, step, 0, "cuda"))
+            loss.backward()
+            module.on_before_optimizer_step(optimizer)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses[compiled].append(loss.item())
+    assert losses[False][-1] < losses[False][0]  # it learns
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3, abs=1e-3)

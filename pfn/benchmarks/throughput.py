@@ -560,6 +560,8 @@ def run_throughput(
             preset: dict[str, Any] = {
                 "quick": quick,
                 "config": {"model": vars(config.model), "data": vars(config.data)},
+                # The speed options as they ran ("auto" made concrete for this device).
+                "speed": {key: getattr(config.train, key) for key in ("compile", "static_shapes", "compile_mode")},
             }
             result["presets"][name] = preset
             # Shortest first, so a run cut short still has something; the prior gets half the window.

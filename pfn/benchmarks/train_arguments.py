@@ -15,12 +15,17 @@ def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument("--preset", default="all", help=f"{prefix}paper, small or all")
     parser.add_argument("--out", help=f"{prefix}JSON file to write")
     parser.add_argument("--quick", action="store_true", help=f"{prefix}tiny sizes and windows (a CPU smoke test)")
-    parser.add_argument("--compile", action="store_true", help=f"{prefix}torch.compile the network (train.compile)")
-    parser.add_argument("--compile_mode", default="default", help=f"{prefix}torch.compile mode (train.compile_mode)")
+    switch = {"choices": ("auto", "true", "false"), "default": "auto"}
+    parser.add_argument(
+        "--compile", **switch, help=f"{prefix}torch.compile the network (train.compile; auto: on a CUDA GPU)"
+    )
+    parser.add_argument(
+        "--compile_mode", default="auto", help=f"{prefix}torch.compile mode (train.compile_mode; auto: CUDA graphs)"
+    )
     parser.add_argument(
         "--static_shapes",
-        action="store_true",
-        help=f"{prefix}one shape for every batch, context by mask (train.static_shapes)",
+        **switch,
+        help=f"{prefix}one shape for every batch, context by mask (train.static_shapes; auto: when compiled)",
     )
     parser.add_argument("--measure", help=f"{prefix}some of {','.join(MEASUREMENTS)} (default: all)")
     parser.add_argument(
@@ -31,4 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
 
 def speed_options(args: argparse.Namespace) -> dict[str, Any]:
     """The train options that change how a step runs, as `run_throughput(speed=...)` takes them."""
-    return {"compile": args.compile, "compile_mode": args.compile_mode, "static_shapes": args.static_shapes}
+    switch = {"auto": "auto", "true": True, "false": False}
+    return {
+        "compile": switch[args.compile],
+        "compile_mode": args.compile_mode,
+        "static_shapes": switch[args.static_shapes],
+    }
