@@ -105,8 +105,10 @@ class TrainConfig:
     # graphs: 2.8x the datasets/s of the usual path end to end, 3.5x for the model step ("small"
     # throughput config on an H100, benchmarks/results/throughput-h100-2026-11-27b). "auto", the
     # default, is exactly that on a CUDA GPU and all three off elsewhere (a CPU step is bound by
-    # its arithmetic). `compile` without `static_shapes` compiles with dynamic shapes (which failed
-    # in the backward on torch 2.11 on an H100: results/throughput-h100-2026-11-26-compile-error.json).
+    # its arithmetic); configs keep "auto", and `resolve_speed` decides on the machine that trains
+    # (an exported model's metadata records what it decided). `compile` without `static_shapes`
+    # compiles with dynamic shapes (which failed in the backward on torch 2.11 on an H100:
+    # results/throughput-h100-2026-11-26-compile-error.json).
     static_shapes: bool | str = "auto"
     compile: bool | str = "auto"
     compile_mode: str = "auto"  # torch.compile's mode: "auto" or one of COMPILE_MODES
@@ -193,12 +195,8 @@ class Config:
             raise ValueError(
                 f"train.compile_mode must be auto or one of {', '.join(COMPILE_MODES)}, got {self.train.compile_mode!r}"
             )
-        self.train = resolve_speed(self.train, training_device_type(self.train.accelerator))
-        if self.train.compile_mode != "default" and not self.train.compile:
-            raise ValueError(
-                f"train.compile_mode {self.train.compile_mode!r} needs train.compile: true "
-                "(auto compiles on a CUDA GPU only)"
-            )
+        if self.train.compile is False and self.train.compile_mode not in ("auto", "default"):
+            raise ValueError(f"train.compile_mode {self.train.compile_mode!r} needs train.compile: true (or auto)")
         if self.train.max_minutes is not None and not self.train.max_minutes > 0:
             raise ValueError(f"train.max_minutes must be a positive number of minutes, got {self.train.max_minutes}")
         return self
@@ -211,16 +209,29 @@ def training_device_type(accelerator: str) -> str:
     return accelerator
 
 
-def resolve_speed(train: TrainConfig, device_type: str) -> TrainConfig:
-    """`train` with its "auto" speed options made concrete for training on `device_type`: compiled
-    at static shapes and replayed as CUDA graphs on a CUDA GPU, the usual eager path elsewhere."""
-    compile_ = device_type == "cuda" if train.compile == "auto" else train.compile
+@dataclass(frozen=True)
+class Speed:
+    """How a training step runs: the `train` options of the same names made concrete for a device
+    (a config keeps "auto", so that it means the same on the next machine)."""
+
+    static_shapes: bool
+    compile: bool
+    compile_mode: str
+
+
+def resolve_speed(train: TrainConfig, device_type: str) -> Speed:
+    """The speed options for training on `device_type`: "auto" compiles at static shapes with CUDA
+    graphs on a CUDA GPU and runs the eager path elsewhere; a compile mode asked for compiles."""
+    if train.compile == "auto":
+        compile_ = device_type == "cuda" or train.compile_mode not in ("auto", "default")
+    else:
+        compile_ = train.compile
     static_shapes = compile_ if train.static_shapes == "auto" else train.static_shapes
     compile_mode = train.compile_mode
     if compile_mode == "auto":
         cuda_graphs = device_type == "cuda" and compile_ and static_shapes  # a CUDA graph needs one shape
         compile_mode = "reduce-overhead" if cuda_graphs else "default"
-    return dataclasses.replace(train, compile=compile_, static_shapes=static_shapes, compile_mode=compile_mode)
+    return Speed(static_shapes=static_shapes, compile=compile_, compile_mode=compile_mode)
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:

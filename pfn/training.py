@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pfn.checkpoint import file_sha256
-from pfn.config import Config, training_device_type
+from pfn.config import Config, resolve_speed, training_device_type
 from pfn.exact_targets import check_exact_targets, exact_targets
 from pfn.heads import borders_from_samples, rebucket_output_layer
 from pfn.model import pad_features
@@ -146,6 +146,7 @@ class PFNModule(L.LightningModule):
         self.prior = build_prior(self.config.prior)
         self.head = build_head(self.config.model)
         self.backbone = build_backbone(self.config.model)
+        self.speed = resolve_speed(self.config.train, training_device_type(self.config.train.accelerator))
         if self.config.train.exact_targets:
             check_exact_targets(self.prior)  # at start-up, not at the first step
 
@@ -170,7 +171,7 @@ class PFNModule(L.LightningModule):
             standardization = context_standardization(drawn_y[:, :n])
             loc, scale = standardization
             y = (drawn_y - loc) / scale
-        if not self.config.train.static_shapes:
+        if not self.speed.static_shapes:
             logits = self(x[:, :n], y[:, :n], x[:, n:])
         else:
             is_context = torch.arange(x.shape[1], device=x.device) < n  # [num_points]
@@ -369,13 +370,13 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
 
 
 def compile_backbone(module: PFNModule) -> None:
-    """`torch.compile` the network the way `module.loss` calls it (`train.compile`)."""
-    train = module.config.train
-    if train.static_shapes:  # one shape for every batch: no dynamic shapes, one graph
+    """`torch.compile` the network the way `module.loss` calls it (`module.speed`)."""
+    speed = module.speed
+    if speed.static_shapes:  # one shape for every batch: no dynamic shapes, one graph
         backbone = module.backbone
-        backbone.forward_static = torch.compile(backbone.forward_static, dynamic=False, mode=train.compile_mode)
+        backbone.forward_static = torch.compile(backbone.forward_static, dynamic=False, mode=speed.compile_mode)
     else:
-        module.backbone = torch.compile(module.backbone, mode=train.compile_mode)
+        module.backbone = torch.compile(module.backbone, mode=speed.compile_mode)
 
 
 def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callback] | None = None) -> Path:
@@ -393,10 +394,12 @@ def train(config: Config, ckpt_path: str | None = None, callbacks: list[L.Callba
     if source is not None:
         # On resume, Lightning then restores the run's own checkpoint over these weights.
         metadata["initialized_from"] = initialize_from(module, source)
-    if config.train.compile:
+    if module.speed.compile:
         compile_backbone(module)
     trainer.fit(module, datamodule=PriorDataModule(config), ckpt_path=ckpt_path)
     path = Path(config.train.output_dir) / "model.pfn"
     if trainer.is_global_zero:
+        # The config keeps "auto"; the metadata says how the steps actually ran.
+        metadata["speed"] = dataclasses.asdict(module.speed)
         save_model(module, path, weights_dtype=config.train.export_dtype, trained_steps=trainer.global_step, **metadata)
     return path

@@ -89,6 +89,8 @@ def test_checkpoint_round_trip(tmp_path, tiny_model_path):
     payload = read_checkpoint(tiny_model_path)
     assert payload["format_version"] == 1 and payload["prior"]["name"] == "gp"
     assert payload["config"]["model"]["emsize"] == 32
+    # How the steps ran (configs/tiny.yaml turns compiling off, so also on a GPU).
+    assert model.metadata["speed"] == {"static_shapes": False, "compile": False, "compile_mode": "default"}
     # The exported weights give the same logits as the Lightning module they came from.
     module = PFNModule(payload["config"])
     module.backbone.load_state_dict(payload["state_dict"])
@@ -117,21 +119,24 @@ def test_config_errors_name_the_key(tmp_path):
     assert config.model.emsize == 64 and config.prior["lengthscale"] == 0.3
 
 
-def test_auto_speed_options_compile_with_cuda_graphs_on_a_gpu_only():
+def test_auto_speed_options_compile_with_cuda_graphs_on_a_gpu_only(tmp_path):
     def speed(device_type: str, **options) -> tuple:
-        train = resolve_speed(TrainConfig(**options), device_type)
-        return train.compile, train.static_shapes, train.compile_mode
+        resolved = resolve_speed(TrainConfig(**options), device_type)
+        return resolved.compile, resolved.static_shapes, resolved.compile_mode
 
     assert speed("cuda") == (True, True, "reduce-overhead")
     assert speed("cpu") == (False, False, "default")
     assert speed("cpu", compile=True) == (True, True, "default")  # no CUDA graphs off a GPU
+    assert speed("cpu", compile_mode="max-autotune") == (True, True, "max-autotune")  # a mode asked for compiles
     assert speed("cuda", static_shapes=False) == (True, False, "default")  # a CUDA graph needs one shape
     assert speed("cuda", compile=False) == (False, False, "default")
-    assert speed("cuda", compile_mode="max-autotune") == (True, True, "max-autotune")
-    # What a config says after its checks: concrete values for the machine it is checked on.
-    cuda = torch.cuda.is_available()
-    assert load_config(None).train.compile is cuda
-    assert load_config(None, ["--train.accelerator", "cpu"]).train.compile is False
+    # A config keeps "auto" (the exported one too), so it means the same on the next machine;
+    # the module trains the way its machine resolves it.
+    config = load_config(None, ["--train.output_dir", str(tmp_path)])
+    assert config.train.compile == "auto"
+    assert PFNModule(config.to_dict()).speed.compile is torch.cuda.is_available()
+    on_cpu = load_config(None, ["--train.accelerator", "cpu"])
+    assert PFNModule(on_cpu.to_dict()).speed == resolve_speed(on_cpu.train, "cpu")
 
 
 def test_config_values_are_type_checked():

@@ -23,6 +23,7 @@ after every measurement, so a run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import gc
@@ -41,7 +42,7 @@ import lightning as L
 import torch
 
 from pfn.benchmarks.train_arguments import MEASUREMENTS, add_arguments, speed_options
-from pfn.config import Config
+from pfn.config import Config, resolve_speed
 from pfn.heads import borders_from_samples
 from pfn.training import PFNModule, PriorDataModule, compile_backbone, draw_training_batch, make_trainer
 from priors import GPPrior, Prior, build_prior
@@ -312,12 +313,12 @@ def probe_syncs(step: Callable[[], None], device: torch.device, steps: int) -> d
 def measure_model_step(config: Config, device: torch.device, warmup_s: float, seconds: float) -> dict[str, Any]:
     prior = build_prior(config.prior)
     module = build_module(config, prior, device).to(device)
-    if config.train.compile:
+    if module.speed.compile:
         compile_backbone(module)
     # The batches training sees at steps 0-7: a spread of context sizes.
     batches = [draw_training_batch(prior, config, step, 0, device) for step in range(8)]
     step = model_step_function(module, batches, config, device)
-    if config.train.compile:
+    if module.speed.compile:
         # Every context size once before timing: with dynamic shapes the first two compile
         # (static, then dynamic shapes), and the window must not include a compilation.
         for _ in batches:
@@ -431,7 +432,7 @@ def measure_end_to_end(config: Config, device: torch.device, warmup_s: float, se
         return {"skipped": "CUDA only: data.prefetch draws batches on a CUDA side stream"}
     prior = build_prior(config.prior)
     module = build_module(config, prior, device)
-    if config.train.compile:
+    if module.speed.compile:
         compile_backbone(module)
     window = ThroughputWindow(device, warmup_s, seconds)
     trainer = make_trainer(config, callbacks=[window])
@@ -561,7 +562,7 @@ def run_throughput(
                 "quick": quick,
                 "config": {"model": vars(config.model), "data": vars(config.data)},
                 # The speed options as they ran ("auto" made concrete for this device).
-                "speed": {key: getattr(config.train, key) for key in ("compile", "static_shapes", "compile_mode")},
+                "speed": dataclasses.asdict(resolve_speed(config.train, device.type)),
             }
             result["presets"][name] = preset
             # Shortest first, so a run cut short still has something; the prior gets half the window.
