@@ -3,6 +3,7 @@
 #
 #   OUT=runs/throughput bash benchmarks/gpu_throughput.sh [PRESETS [ARGS...]]   # PRESETS: small, paper or all
 #   bash benchmarks/gpu_throughput.sh small --quick --seconds 0.5            # a CPU smoke test of the script
+#   VARIANTS="eager static-cudagraphs" OUT=... bash benchmarks/gpu_throughput.sh paper   # some of the four
 #
 # Each variant is one `python -m pfn.benchmarks.throughput` run (its own process, so that one
 # compilation or failure does not touch the next) with a time limit; compiled variants warm up
@@ -17,9 +18,12 @@ shift || true
 EXTRA=("$@")
 mkdir -p "$OUT"
 
+VARIANTS="${VARIANTS:-eager static static-compile static-cudagraphs}"
+
 run() {  # NAME LIMIT_SECONDS ARGS...
     local name=$1 limit=$2
     shift 2
+    [[ " $VARIANTS " == *" $name "* ]] || return 0
     timeout "$limit" python3 -m pfn.benchmarks.throughput --preset "$PRESETS" --out "$OUT/throughput-$name.json" "$@" "${EXTRA[@]}" \
         > "$OUT/throughput-$name.log" 2>&1 || echo "$name: failed or timed out (see $OUT/throughput-$name.log)"
     tail -n 6 "$OUT/throughput-$name.log"
