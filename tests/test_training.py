@@ -411,10 +411,10 @@ def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_cuda_graph_training_takes_the_steps_eager_training_does(tmp_path):
+def test_gpu_cuda_graph_training_takes_the_steps_eager_training_does(tmp_path, monkeypatch):
     # The default on a CUDA GPU (train.compile etc. "auto"): the backbone compiled at static shapes
     # and replayed as a CUDA graph. Same weights, same batches, float32: the same losses, step by step.
-    torch.backends.cuda.matmul.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     losses = {}
     for compiled in (False, True):
         mode = "reduce-overhead" if compiled else "default"
