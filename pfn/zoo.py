@@ -72,6 +72,7 @@ class ModelCard:
         config.get("train", {}).pop("max_minutes", None)
         header = f"# The training config stored in {self.path.name} (pfn models --write-config).\n"
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/ on a fresh machine
         path.write_text(header + yaml.safe_dump(config, sort_keys=False))
         return path
 

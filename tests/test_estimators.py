@@ -289,7 +289,7 @@ def test_cli_models_lists_cards_and_writes_a_config_that_retrains(tmp_path, tiny
     out = capsys.readouterr().out
     for card in list_models():
         assert f"{card.name}: " in out
-    config_path = tmp_path / "again.yaml"
+    config_path = tmp_path / "runs" / "again.yaml"  # a folder that does not exist yet
     main(["models", tiny_regressor, "--write-config", str(config_path)])
     assert str(config_path) in capsys.readouterr().out
     assert load_config(config_path).to_dict() == pfn.load(tiny_regressor).config.to_dict()
