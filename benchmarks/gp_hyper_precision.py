@@ -51,7 +51,7 @@ def main() -> None:
         exact = prior.posterior_predictive(x[:, :n], y[:, :n], x[:, n:], batch.hyperparameters)
         predictive = model.predict(x[:, :n], y[:, :n], x[:, n:], normalize=False)
         targets = y[:, n:].double()
-        median, std = predictive.median.double(), predictive.variance.double().sqrt()
+        median, std = predictive.median.double(), predictive.stddev.double()
         exact_nll = -exact.log_prob(targets)
         gap = -predictive.log_prob(y[:, n:]).double() - exact_nll
         location_only = -torch.distributions.Normal(median, exact.scale).log_prob(targets) - exact_nll
