@@ -49,6 +49,15 @@ class ModelConfig:
     # CPU time on the GP prior it was even with linear on average, slightly better at 50-100
     # points (benchmarks/results/x-encoder-2026-11-27.md).
     x_encoder: str = "linear"
+    # Basis functions of a Bayesian-linear-regression readout (0: none). With it, each query's
+    # predictive is loc + scale * z: loc and scale are the posterior predictive of a Bayesian
+    # linear regression of the context's y on learned features of x (conditioned on the dataset
+    # through the transformer), solved exactly per dataset, and the bar distribution is over z, so
+    # the buckets describe the predictive's shape while its location comes from a solve that is
+    # linear in y. For priors whose exact predictive is far sharper than a network can place a
+    # bucket (gp_hyper: std 3e-4..1e-2 of the context's std, where the plain model's location is
+    # off by 1e-3..5e-3; benchmarks/results/gp-hyper-precision-2026-11-27.md).
+    linear_readout: int = 0
 
 
 @dataclass
@@ -177,6 +186,10 @@ class Config:
             raise ValueError(f"model.x_encoder must be one of {', '.join(X_ENCODERS)}, got {self.model.x_encoder!r}")
         if self.model.learned_temperature and self.model.head != "riemann":
             raise ValueError("model.learned_temperature sharpens a bar distribution; it needs model.head 'riemann'")
+        if self.model.linear_readout < 0:
+            raise ValueError(f"model.linear_readout must be >= 0 (0: off), got {self.model.linear_readout}")
+        if self.model.linear_readout and self.model.head != "riemann":
+            raise ValueError("model.linear_readout places a regression predictive; it needs model.head 'riemann'")
         if self.data.standardize_y and self.model.head != "riemann":
             raise ValueError("data.standardize_y standardises real-valued targets; it needs model.head 'riemann'")
         if self.train.export_dtype not in WEIGHT_DTYPES:

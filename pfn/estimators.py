@@ -201,6 +201,12 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
             raise ValueError(f"point_estimate must be 'mean' or 'median', got {self.point_estimate!r}")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         self._fit_context(X, y.astype(np.float64))
+        if self.n_ensemble > 1 and self.model_.config.model.linear_readout:
+            # Its members' buckets sit at their own location and scale: no shared borders to average on.
+            raise ValueError(
+                f"n_ensemble={self.n_ensemble} needs a model whose buckets are shared by every query; this "
+                f"model places them per query (model.linear_readout), so use n_ensemble=1"
+            )
         self._draw_ensemble()
         return self
 
@@ -215,8 +221,11 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
     def predict_distribution(self, X) -> RiemannDistribution:
         """The posterior predictive distribution at each row of X: batch shape [n]."""
         chunks = list(self._distributions(X))
+        logits = torch.cat([chunk.logits for chunk in chunks])
+        if self.model_.config.model.linear_readout:  # buckets placed per query point
+            return RiemannDistribution(logits, torch.cat([chunk.borders for chunk in chunks]))
         # Every chunk shares the context's normalisation, hence one set of borders.
-        return RiemannDistribution(torch.cat([chunk.logits for chunk in chunks]), chunks[0].borders[0])
+        return RiemannDistribution(logits, chunks[0].borders[0])
 
     def predict(self, X) -> np.ndarray:
         """Posterior predictive mean (or median, see `point_estimate`) at each row of X: [n]."""

@@ -18,12 +18,9 @@ noise given the hyperparameters is integrated out, their own uncertainty is not.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from pfn.baselines.gmm_exact import gmm_posterior_predictive
-from pfn.heads import CategoricalHead, RiemannHead
 from priors import GMMPrior, GPPrior, Prior
 
 
@@ -39,15 +36,15 @@ def check_exact_targets(prior: Prior) -> None:
 
 def exact_targets(
     prior: Prior,
-    head: RiemannHead | CategoricalHead,
     x_context: torch.Tensor,
     y_context: torch.Tensor,
     x_query: torch.Tensor,
     hyperparameters: dict[str, torch.Tensor] | None = None,
     standardization: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The exact posterior predictive's probability of each of the head's buckets or classes, for
-    each query: [b, q, num_outputs].
+) -> torch.Tensor | torch.distributions.Normal:
+    """The exact posterior predictive of each query, in the form the head's `expected_loss` takes:
+    a Normal of batch shape [b, q] for a GP (on the scale the head sees), or the probability of
+    each class [b, q, num_classes] for a GMM classifier.
 
     Shapes: x_context [b, n, f], y_context [b, n] (as drawn from the prior), x_query [b, q, f].
     hyperparameters: the GP's drawn hyperparameters (`PriorBatch.hyperparameters`), which a GP
@@ -64,22 +61,4 @@ def exact_targets(
         if standardization is not None:
             loc, scale = (t.double() for t in standardization)
             predictive = torch.distributions.Normal((predictive.loc - loc) / scale, predictive.scale / scale)
-        return normal_bucket_probs(predictive, head.borders)
-
-
-def normal_bucket_probs(normal: torch.distributions.Normal, borders: torch.Tensor) -> torch.Tensor:
-    """Each bucket's share of `normal`'s mass ([..., K] from a Normal of batch shape [...]), the
-    tail buckets taking everything beyond the outermost inner borders.
-
-    Float32 differences of the cdf, written as erf / 2 (the cdf minus 1/2, 3x faster on a CPU than
-    `torch.special.ndtr`) and filled in place: one special function per border, 5x faster on a CPU
-    than the log-space masses of `RiemannDistribution.nearest_to` (which the benchmarks use). Each
-    mass is off by at most ~1e-7, nothing next to the noise of the drawn target this replaces.
-    """
-    loc, scale = normal.loc.float()[..., None], normal.scale.float()[..., None]
-    centred_cdf = 0.5 * torch.erf((borders[1:-1].float() - loc) / (scale * math.sqrt(2)))  # [..., K - 1]
-    masses = centred_cdf.new_empty(centred_cdf.shape[:-1] + (len(borders) - 1,))
-    masses[..., 0] = centred_cdf[..., 0] + 0.5
-    torch.sub(centred_cdf[..., 1:], centred_cdf[..., :-1], out=masses[..., 1:-1])
-    masses[..., -1] = 0.5 - centred_cdf[..., -1]
-    return masses.clamp_min_(0)
+        return predictive

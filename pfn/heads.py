@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,6 +54,31 @@ def rebucket_output_layer(
     return weight, bias
 
 
+def standard_normal_borders(num_buckets: int) -> torch.Tensor:
+    """Borders of `num_buckets` buckets of equal standard-normal mass between its quantiles
+    1 / (2 num_buckets) and 1 - 1 / (2 num_buckets): [num_buckets + 1]."""
+    edge = 0.5 / num_buckets
+    return torch.special.ndtri(torch.linspace(edge, 1 - edge, num_buckets + 1, dtype=torch.float64)).float()
+
+
+def normal_bucket_probs(normal: torch.distributions.Normal, borders: torch.Tensor) -> torch.Tensor:
+    """Each bucket's share of `normal`'s mass ([..., K] from a Normal of batch shape [...]), the
+    tail buckets taking everything beyond the outermost inner borders.
+
+    Float32 differences of the cdf, written as erf / 2 (the cdf minus 1/2, 3x faster on a CPU than
+    `torch.special.ndtr`) and filled in place: one special function per border, 5x faster on a CPU
+    than the log-space masses of `RiemannDistribution.nearest_to` (which the benchmarks use). Each
+    mass is off by at most ~1e-7, nothing next to the noise of a drawn target.
+    """
+    loc, scale = normal.loc.float()[..., None], normal.scale.float()[..., None]
+    centred_cdf = 0.5 * torch.erf((borders[1:-1].float() - loc) / (scale * math.sqrt(2)))  # [..., K - 1]
+    masses = centred_cdf.new_empty(centred_cdf.shape[:-1] + (len(borders) - 1,))
+    masses[..., 0] = centred_cdf[..., 0] + 0.5
+    torch.sub(centred_cdf[..., 1:], centred_cdf[..., :-1], out=masses[..., 1:-1])
+    masses[..., -1] = 0.5 - centred_cdf[..., -1]
+    return masses.clamp_min_(0)
+
+
 class RiemannHead(nn.Module):
     """Regression head: logits over the buckets define a `RiemannDistribution`; loss = NLL."""
 
@@ -72,17 +99,69 @@ class RiemannHead(nn.Module):
         """Negative log-likelihood of `y` per query point: same shape as `y`."""
         return -self.distribution(logits).log_prob(y.float())
 
-    def expected_loss(self, logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-        """`loss` averaged over targets y whose bucket k has probability `target_probs[..., k]`:
-        per query point, the batch shape of `logits` without its last axis.
+    def expected_loss(self, logits: torch.Tensor, target: torch.distributions.Normal) -> torch.Tensor:
+        """`loss` averaged over targets y ~ `target` (a Normal per query point): per query point,
+        the batch shape of `logits` without its last axis.
 
         A target in bucket k has log density log q_k - log w_k (w_k its width); in the two tail
         buckets the half-normal's shape stands in for 1/w_k. That part does not depend on the
         logits, so using the widths there too changes the value by a constant, not the gradient.
         """
-        log_probs = self.distribution(logits).log_probs
-        log_widths = torch.diff(self.borders).log()
-        return -(target_probs.to(log_probs.dtype) * (log_probs - log_widths)).sum(-1)
+        return bucket_expected_nll(self.distribution(logits).log_probs, self.borders, target)
+
+
+def bucket_expected_nll(
+    log_probs: torch.Tensor, borders: torch.Tensor, target: torch.distributions.Normal
+) -> torch.Tensor:
+    """E_{y ~ target}[-log density of y] under bar distributions with `log_probs` [..., K] on
+    `borders` (see `RiemannHead.expected_loss` for the tails): [...]."""
+    target_probs = normal_bucket_probs(target, borders)
+    log_widths = torch.diff(borders).log()
+    return -(target_probs.to(log_probs.dtype) * (log_probs - log_widths)).sum(-1)
+
+
+class LocationScaleHead(RiemannHead):
+    """Regression head of a backbone with a linear readout (`model.linear_readout`): per query,
+    the last two outputs are a location and a log scale, the others the logits of a bar
+    distribution over z = (y - loc) / scale on fixed standard-normal buckets. The predictive is
+    loc + scale * z.
+
+    The bar distribution's density is flat within a bucket, so its likelihood gives loc no
+    gradient. The loss is therefore the sum of two proper scoring rules: the Gaussian NLL of y
+    under (loc, scale), which trains the readout, plus the bar distribution's NLL of y with loc
+    and scale held fixed (the predictive's own NLL), which trains the shape.
+    """
+
+    def split(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[..., K + 2] -> logits [..., K], loc [...], log_scale [...] (float32)."""
+        logits = logits.float()
+        return logits[..., :-2], logits[..., -2], logits[..., -1]
+
+    def distribution(self, logits: torch.Tensor) -> RiemannDistribution:
+        shape_logits, loc, log_scale = self.split(logits)
+        return RiemannDistribution(shape_logits, self.borders).affine(loc, log_scale.exp())
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shape_logits, loc, log_scale = self.split(logits)
+        y = y.float()
+        gaussian = -torch.distributions.Normal(loc, log_scale.exp()).log_prob(y)
+        z = (y - loc.detach()) / log_scale.detach().exp()
+        shape = -RiemannDistribution(shape_logits, self.borders).log_prob(z) + log_scale.detach()
+        return gaussian + shape
+
+    def expected_loss(self, logits: torch.Tensor, target: torch.distributions.Normal) -> torch.Tensor:
+        shape_logits, loc, log_scale = self.split(logits)
+        target_loc, target_scale = target.loc.float(), target.scale.float()
+        # E[-log N(y; loc, s)] for y ~ N(mu, sigma): log s + log(2 pi) / 2 + (sigma^2 + (mu - loc)^2) / (2 s^2)
+        gaussian = (
+            log_scale
+            + 0.5 * math.log(2 * math.pi)
+            + 0.5 * (target_scale.square() + (target_loc - loc).square()) * torch.exp(-2 * log_scale)
+        )
+        scale = log_scale.detach().exp()
+        on_z = torch.distributions.Normal((target_loc - loc.detach()) / scale, target_scale / scale)
+        log_probs = RiemannDistribution(shape_logits, self.borders).log_probs
+        return gaussian + bucket_expected_nll(log_probs, self.borders, on_z) + log_scale.detach()
 
 
 class CategoricalHead(nn.Module):

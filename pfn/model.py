@@ -13,6 +13,8 @@ same; the point is that a compiled graph (`train.compile`) then serves every con
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -86,9 +88,95 @@ class Block(nn.Module):
 TEMPERATURE_GAIN = 10.0
 MAX_LOG_TEMPERATURE = 6.0  # inverse temperatures stay in [e^-6, e^6]
 
+# The readout's log precisions move at the pace they need, as the temperature's do, and stay
+# bounded: the weights' prior precision alpha in [e^-10, e^10], the noise precision beta in
+# [e^-10, e^25] (standardised targets whose noise std is as small as ~1e-5 of their spread).
+READOUT_GAIN = 10.0
+MAX_LOG_ALPHA, MAX_LOG_BETA = 10.0, 25.0
+INITIAL_LOG_BETA = math.log(100.0)  # noise std 0.1 of the context's spread, before any training
+MIN_PRIOR_RATIO = 1e-9  # alpha / beta is at least this: A stays well conditioned in float64
+
+
+class BayesianLinearReadout(nn.Module):
+    """The posterior predictive of a Bayesian linear regression of the context's y on learned basis
+    functions of x, per query: a location, linear in the context's y, and a log scale.
+
+    The basis functions phi are an MLP of a point's (padded) features and of a summary of the
+    dataset (the empty-context token after the transformer, which has attended to the whole
+    context), so context and query points share one feature map per dataset. With weights
+    w ~ N(0, I / alpha) and noise precision beta (both read from the summary too):
+
+        A = (alpha / beta) I + Phi_c^T Phi_c,   loc_q = phi_q^T A^-1 Phi_c^T y_c,
+        variance_q = (1 + phi_q^T A^-1 phi_q) / beta.
+
+    The solve runs in float64 on [num_basis, num_basis] matrices: nearly noiseless data drive
+    alpha / beta, and with it A's conditioning, down by many orders of magnitude. Everything
+    here runs in float32 or float64 under autocast too, so the features agree between the
+    context and the queries to float32 precision.
+    """
+
+    def __init__(self, max_features: int, emsize: int, num_basis: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(emsize)
+        self.from_x = nn.Linear(max_features, emsize)
+        self.from_summary = nn.Linear(emsize, emsize)
+        self.basis = nn.Sequential(nn.GELU(), nn.Linear(emsize, emsize), nn.GELU(), nn.Linear(emsize, num_basis))
+        self.log_precisions = nn.Linear(emsize, 2)  # log alpha, log beta (divided by READOUT_GAIN)
+        nn.init.zeros_(self.log_precisions.weight)
+        with torch.no_grad():
+            self.log_precisions.bias.copy_(torch.tensor([0.0, INITIAL_LOG_BETA / READOUT_GAIN]))
+
+    def features(self, x: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        # x: [b, n, max_features] padded, summary: [b, e] normed -> phi [b, n, num_basis]
+        return self.basis(self.from_x(x) + rearrange(self.from_summary(summary), "b e -> b 1 e"))
+
+    def forward(
+        self, summary: torch.Tensor, x_context: torch.Tensor, y_context: torch.Tensor, x_query: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """summary: [b, e]; x_context: [b, c, max_features] (padded), y_context: [b, c]; x_query:
+        [b, q, max_features] -> loc [b, q], log_scale [b, q] (float32)."""
+        with torch.autocast(summary.device.type, enabled=False):
+            summary = self.norm(summary.float())
+            phi_context = self.features(x_context.float(), summary)
+            phi_query = self.features(x_query.float(), summary)
+            return self.solve(summary, phi_context, y_context.float(), phi_query)
+
+    def forward_static(
+        self, summary: torch.Tensor, x: torch.Tensor, y: torch.Tensor, is_context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` at one shape: x [b, n, max_features] (padded), y [b, n], is_context [n] bool
+        -> loc, log_scale [b, n] for every point (the non-context points' equal `forward`'s)."""
+        with torch.autocast(summary.device.type, enabled=False):
+            summary = self.norm(summary.float())
+            phi = self.features(x.float(), summary)  # [b, n, D]
+            # A zero row of phi (and y) adds nothing to the Gram matrix or the projection.
+            mask = is_context.float()
+            phi_context = phi * rearrange(mask, "n -> 1 n 1")
+            return self.solve(summary, phi_context, y.float() * mask, phi)
+
+    def solve(
+        self, summary: torch.Tensor, phi_context: torch.Tensor, y_context: torch.Tensor, phi_query: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # summary [b, e] normed, phi_context [b, c, D], y_context [b, c], phi_query [b, q, D]
+        raw = (READOUT_GAIN * self.log_precisions(summary)).double()  # [b, 2]
+        log_alpha = MAX_LOG_ALPHA * torch.tanh(raw[:, 0] / MAX_LOG_ALPHA)
+        log_beta = MAX_LOG_BETA * torch.tanh(raw[:, 1] / MAX_LOG_BETA)
+        ratio = torch.exp(log_alpha - log_beta).clamp_min(MIN_PRIOR_RATIO)  # [b]
+        phi_context, phi_query = phi_context.double(), phi_query.double()
+        gram = phi_context.mT @ phi_context  # [b, D, D]
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        cholesky = torch.linalg.cholesky(gram + rearrange(ratio, "b -> b 1 1") * eye)
+        projection = phi_context.mT @ rearrange(y_context.double(), "b c -> b c 1")  # [b, D, 1]
+        weights = torch.cholesky_solve(projection, cholesky)  # [b, D, 1]
+        loc = rearrange(phi_query @ weights, "b q 1 -> b q")
+        whitened = torch.linalg.solve_triangular(cholesky, phi_query.mT, upper=False)  # [b, D, q]
+        variance = (1 + whitened.square().sum(-2)) * rearrange(torch.exp(-log_beta), "b -> b 1")
+        return loc.float(), (0.5 * variance.log()).float()
+
 
 class PFNTransformer(nn.Module):
-    """Maps (x_context, y_context, x_query) to `num_outputs` logits per query point.
+    """Maps (x_context, y_context, x_query) to `num_outputs` logits per query point (plus a
+    location and a log scale with `linear_readout`, see `BayesianLinearReadout`).
 
     Inputs with fewer than `max_features` features are zero-padded and rescaled by
     max_features / num_features, as in the PFN paper, so one model serves 1..max_features.
@@ -108,6 +196,7 @@ class PFNTransformer(nn.Module):
         num_classes: int | None = None,
         learned_temperature: bool = False,
         x_encoder: str = "linear",
+        linear_readout: int = 0,
     ) -> None:
         super().__init__()
         self.max_features = max_features
@@ -132,6 +221,13 @@ class PFNTransformer(nn.Module):
         if self.log_temperature is not None:
             nn.init.zeros_(self.log_temperature.weight)
             nn.init.zeros_(self.log_temperature.bias)
+        # With a linear readout the logits are a bar distribution over z = (y - loc) / scale; a
+        # zero output layer starts them uniform over the head's standard-normal buckets, so the
+        # predictive starts as the readout's own Gaussian.
+        self.linear_readout = BayesianLinearReadout(max_features, emsize, linear_readout) if linear_readout else None
+        if self.linear_readout is not None:
+            nn.init.zeros_(self.decoder[-1].weight)
+            nn.init.zeros_(self.decoder[-1].bias)
 
     # The encoders run in their weights' precision (float32) even under bfloat16 autocast, so
     # that the residual stream (the tokens) is float32 too. In bfloat16 (8 significant bits) the
@@ -160,7 +256,12 @@ class PFNTransformer(nn.Module):
         num_keys = 1 + num_context
         for block in self.blocks:
             tokens = block(tokens, num_keys)
-        return self.decode(tokens[:, num_keys:])
+        logits = self.decode(tokens[:, num_keys:])
+        if self.linear_readout is None:
+            return logits
+        x_context, x_query = (pad_features(x, self.max_features) for x in (x_context, x_query))
+        loc, log_scale = self.linear_readout(tokens[:, 0], x_context, y_context, x_query)  # [b, q] each
+        return with_location_scale(logits, loc, log_scale)
 
     def forward_static(self, x: torch.Tensor, y: torch.Tensor, is_context: torch.Tensor) -> torch.Tensor:
         """`forward` for training at one fixed shape, whatever the context size: every point in one
@@ -177,7 +278,11 @@ class PFNTransformer(nn.Module):
         keys = torch.cat([is_context.new_ones(1), is_context])  # [1 + n]: the empty token and the context
         for block in self.blocks:
             tokens = block(tokens, keys)
-        return self.decode(tokens[:, 1:])
+        logits = self.decode(tokens[:, 1:])
+        if self.linear_readout is None:
+            return logits
+        loc, log_scale = self.linear_readout.forward_static(tokens[:, 0], x, y, is_context)  # [b, n] each
+        return with_location_scale(logits, loc, log_scale)
 
     def decode(self, queries: torch.Tensor) -> torch.Tensor:
         # queries: [b, q, e] transformed query tokens -> logits [b, q, num_outputs]
@@ -190,6 +295,12 @@ class PFNTransformer(nn.Module):
         raw = TEMPERATURE_GAIN * self.log_temperature(queries).float()  # [b, q, 1]
         log_scale = MAX_LOG_TEMPERATURE * torch.tanh(raw / MAX_LOG_TEMPERATURE)
         return logits.float() * log_scale.exp()
+
+
+def with_location_scale(logits: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """The backbone's output with a linear readout: [b, q, K] logits, then loc and log_scale
+    ([b, q] each) as the last two of [b, q, K + 2] (`LocationScaleHead` takes them apart)."""
+    return torch.cat([logits.float(), rearrange(loc, "b q -> b q 1"), rearrange(log_scale, "b q -> b q 1")], dim=-1)
 
 
 def pad_features(x: torch.Tensor, max_features: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pfn.config import ModelConfig
-from pfn.heads import CategoricalHead, RiemannHead
+from pfn.heads import CategoricalHead, LocationScaleHead, RiemannHead, standard_normal_borders
 from pfn.model import PFNTransformer
 
 
@@ -22,13 +22,19 @@ def build_backbone(model: ModelConfig) -> PFNTransformer:
         num_classes=model.num_classes if classification else None,
         learned_temperature=model.learned_temperature,
         x_encoder=model.x_encoder,
+        linear_readout=model.linear_readout,
     )
 
 
-def build_head(model: ModelConfig, borders: torch.Tensor | None = None) -> RiemannHead | CategoricalHead:
+def build_head(
+    model: ModelConfig, borders: torch.Tensor | None = None
+) -> RiemannHead | LocationScaleHead | CategoricalHead:
     """The head; a Riemann head built without `borders` gets placeholders for a checkpoint to fill."""
     if model.head == "categorical":
         return CategoricalHead(model.num_classes)
+    if model.linear_readout:
+        # Buckets over z = (y - loc) / scale: fixed, not placed from the prior.
+        return LocationScaleHead(standard_normal_borders(model.num_buckets) if borders is None else borders)
     if borders is None:
         borders = torch.zeros(model.num_buckets + 1)
     return RiemannHead(borders)

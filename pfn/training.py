@@ -180,9 +180,7 @@ class PFNModule(L.LightningModule):
         if self.config.train.exact_targets:
             # The prior's predictive is for the targets as drawn; `standardization` moves it onto the buckets.
             hyperparameters = batch.get("hyperparameters")
-            target = exact_targets(
-                self.prior, self.head, x[:, :n], drawn_y[:, :n], x[:, n:], hyperparameters, standardization
-            )
+            target = exact_targets(self.prior, x[:, :n], drawn_y[:, :n], x[:, n:], hyperparameters, standardization)
             return self.head.expected_loss(logits, target).mean()
         return self.head.loss(logits, y[:, n:]).mean()
 
@@ -320,7 +318,8 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     further (a new warm-up + cosine schedule) or to fine-tune it on another prior.
 
     Every `model.*` setting must match, except gaining `learned_temperature` (its new layer starts
-    at temperature 1, so predictions are unchanged at the start) and `num_buckets`: with another
+    at temperature 1, so predictions are unchanged at the start), gaining `linear_readout` (the
+    transformer is kept, the output layer and buckets start afresh) and `num_buckets`: with another
     number of buckets the borders are placed for this config and the output layer is rebuilt to
     give the model's own predictive distribution on them (`rebucket_output_layer`); with the same
     number the model's own borders are kept, since its output layer was trained on them. Returns
@@ -328,12 +327,14 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     """
     ours, theirs = module.config, source.config
     name_or_path = ours.train.init_from  # as the user wrote it, for the error messages
+    gains_readout = bool(ours.model.linear_readout) and not theirs.model.linear_readout
     differing = [
         f"model.{field.name} ({getattr(theirs.model, field.name)!r} there, {getattr(ours.model, field.name)!r} here)"
         for field in dataclasses.fields(ours.model)
         if field.name != "num_buckets"
         and getattr(ours.model, field.name) != getattr(theirs.model, field.name)
         and not (field.name == "learned_temperature" and ours.model.learned_temperature)
+        and not (field.name == "linear_readout" and gains_readout)
     ]
     if differing:
         raise ValueError(f"train.init_from {name_or_path!r} has another architecture: {', '.join(differing)}")
@@ -343,11 +344,19 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
             f"so its buckets are on another scale than data.standardize_y={ours.data.standardize_y} here"
         )
     state = source.backbone.state_dict()
+    if gains_readout:
+        # Its logits were over the prior's y; here they describe z = (y - loc) / scale on fixed
+        # buckets. The new output layer starts at zero (see PFNTransformer), so the predictive
+        # starts as the readout's Gaussian, on the trained transformer's tokens.
+        output_layer = [key for key in state if key.startswith("decoder.2.")]
+        state = {key: value for key, value in state.items() if key not in output_layer}
     resized = [
         key for key, value in module.backbone.state_dict().items() if key in state and state[key].shape != value.shape
     ]
     module.backbone.load_state_dict({key: value for key, value in state.items() if key not in resized}, strict=False)
-    if ours.model.head == "riemann" and not resized:
+    if gains_readout:
+        pass  # the head's standard-normal buckets stay
+    elif ours.model.head == "riemann" and not resized:
         module.head.borders.copy_(source.head.borders)  # `setup` keeps borders that are already set
     elif ours.model.head == "riemann":
         # New buckets: place them for this config, and start the output layer where it gives the

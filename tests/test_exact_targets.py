@@ -9,8 +9,8 @@ import torch
 import pfn
 from pfn.config import load_config
 from pfn.distributions import CategoricalDistribution, RiemannDistribution
-from pfn.exact_targets import exact_targets, normal_bucket_probs
-from pfn.heads import CategoricalHead, RiemannHead
+from pfn.exact_targets import exact_targets
+from pfn.heads import CategoricalHead, LocationScaleHead, RiemannHead, normal_bucket_probs, standard_normal_borders
 from pfn.scaling import context_standardization
 from pfn.training import PFNModule, draw_training_batch, train
 from priors import build_prior
@@ -23,12 +23,31 @@ def test_riemann_expected_loss_is_the_mean_loss_over_draws():
     logits = 2 * torch.randn(4, 60)
     # Well inside the borders, so the tails (where the constant differs) hold no mass.
     normal = torch.distributions.Normal(torch.tensor([-0.5, 0.0, 0.2, 0.5]), torch.tensor([0.1, 0.5, 0.3, 0.05]))
-    expected = head.expected_loss(logits, normal_bucket_probs(normal, head.borders))
+    expected = head.expected_loss(logits, normal)
     draws = normal.sample((200_000,))  # [draws, 4]
     losses = head.loss(logits.expand(len(draws), 4, 60), draws)
     monte_carlo, error = losses.mean(0), losses.std(0) / math.sqrt(len(draws))
     assert (expected - monte_carlo).abs().max() < 4 * error.max() + 1e-4
     assert not torch.allclose(expected[0], expected[1])
+
+
+def test_location_scale_expected_loss_is_the_mean_loss_over_draws():
+    """Both parts of the location-scale loss (the readout's Gaussian NLL and the shape's NLL):
+    the closed form over a Normal target equals the average over its draws."""
+    torch.manual_seed(0)
+    head = LocationScaleHead(standard_normal_borders(200))
+    loc, log_scale = torch.tensor([0.3, -1.0, 0.0]), torch.tensor([-2.0, 0.5, 0.0])
+    logits = torch.cat([0.5 * torch.randn(3, 200), loc[:, None], log_scale[:, None]], dim=-1)
+    # Targets near the readout's location, so that almost no mass reaches the tail buckets.
+    normal = torch.distributions.Normal(torch.tensor([0.32, -0.8, 0.1]), torch.tensor([0.05, 0.6, 0.4]))
+    expected = head.expected_loss(logits, normal)
+    draws = normal.sample((200_000,))
+    losses = head.loss(logits.expand(len(draws), 3, 202), draws)
+    monte_carlo, error = losses.mean(0), losses.std(0) / math.sqrt(len(draws))
+    assert (expected - monte_carlo).abs().max() < 4 * error.max() + 1e-3
+    # The predictive is loc + scale * z: its NLL is the shape's part of the loss.
+    shape_part = head.loss(logits, draws[:5]) + torch.distributions.Normal(loc, log_scale.exp()).log_prob(draws[:5])
+    torch.testing.assert_close(shape_part, -head.distribution(logits).log_prob(draws[:5]), atol=1e-4, rtol=1e-4)
 
 
 def test_normal_bucket_probs_match_the_log_space_masses():
@@ -106,9 +125,7 @@ def test_exact_targets_need_a_prior_with_a_closed_form_predictive(tmp_path):
         PFNModule(bnn.to_dict())
     hyper = build_prior({"name": "gp", "lengthscale": {"distribution": "gamma", "concentration": 3.0, "rate": 6.0}})
     with pytest.raises(ValueError, match="needs the hyperparameters each dataset was drawn with"):
-        exact_targets(
-            hyper, RiemannHead(torch.linspace(-1, 1, 5)), torch.zeros(1, 2, 1), torch.zeros(1, 2), torch.zeros(1, 3, 1)
-        )
+        exact_targets(hyper, torch.zeros(1, 2, 1), torch.zeros(1, 2), torch.zeros(1, 3, 1))
 
 
 def test_exact_targets_on_standardised_buckets_under_hyperpriors():
@@ -121,12 +138,11 @@ def test_exact_targets_on_standardised_buckets_under_hyperpriors():
     batch = draw_training_batch(module.prior, config, step=0)
     x, y, n = batch["x"], batch["y"], 12
     loc, scale = context_standardization(y[:, :n])
-    targets = exact_targets(
-        module.prior, module.head, x[:, :n], y[:, :n], x[:, n:], batch["hyperparameters"], (loc, scale)
-    )  # [b, q, buckets]
+    target = exact_targets(module.prior, x[:, :n], y[:, :n], x[:, n:], batch["hyperparameters"], (loc, scale))
     given = module.prior.posterior_predictive(x[:, :n], y[:, :n], x[:, n:], batch["hyperparameters"])
-    moved = torch.distributions.Normal((given.loc - loc.double()) / scale, given.scale / scale)
-    torch.testing.assert_close(targets, normal_bucket_probs(moved, module.head.borders))
+    torch.testing.assert_close(target.loc, (given.loc - loc.double()) / scale)
+    torch.testing.assert_close(target.scale, given.scale / scale)
+    targets = normal_bucket_probs(target, module.head.borders)  # [b, q, buckets]
     # The bucket of each drawn standardised query target: under the exact targets it is far more
     # probable than a bucket picked at random, and more than under the unstandardised predictive.
     bucket = torch.searchsorted(module.head.borders[1:-1], ((y[:, n:] - loc) / scale).contiguous())

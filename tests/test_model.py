@@ -144,3 +144,64 @@ def test_bfloat16_autocast_keeps_inputs_and_the_residual_stream_in_float32(model
         else:
             logits = [model(x_context, y, x_query) for y in (y_context, nudged)]
     assert not torch.equal(logits[0], logits[1])
+
+
+@pytest.fixture
+def readout_model() -> PFNTransformer:
+    torch.manual_seed(0)
+    return PFNTransformer(
+        max_features=3, num_outputs=7, emsize=32, nlayers=2, nhead=4, nhid=64, linear_readout=16
+    ).eval()
+
+
+def test_linear_readout_is_the_bayesian_linear_regression_posterior(readout_model):
+    """loc and scale are the closed-form Bayesian linear regression predictive on the readout's features."""
+    readout = readout_model.linear_readout
+    x_context, y_context, x_query = inputs(features=3)
+    summary = torch.randn(2, 32)
+    with torch.no_grad():
+        # Away from the initial values, so that alpha and beta both matter.
+        readout.log_precisions.bias.copy_(torch.tensor([0.07, 0.9]))
+        loc, log_scale = readout(summary, x_context, y_context, x_query)
+        normed = readout.norm(summary)
+        phi_context = readout.features(x_context, normed).double()
+        phi_query = readout.features(x_query, normed).double()
+        log_alpha, log_beta = (10 * readout.log_precisions(normed)).double().unbind(-1)
+        alpha, beta = (10 * torch.tanh(log_alpha / 10)).exp(), (25 * torch.tanh(log_beta / 25)).exp()
+    for b in range(2):
+        precision = alpha[b] * torch.eye(16, dtype=torch.float64) + beta[b] * phi_context[b].T @ phi_context[b]
+        covariance = torch.linalg.inv(precision)
+        mean = beta[b] * phi_query[b] @ covariance @ phi_context[b].T @ y_context[b].double()
+        variance = 1 / beta[b] + ((phi_query[b] @ covariance) * phi_query[b]).sum(-1)
+        torch.testing.assert_close(loc[b].double(), mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(log_scale[b].double(), 0.5 * variance.log(), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_readout_keeps_the_attention_pattern(readout_model):
+    """With the readout, too: queries are independent, the context is a set, y moves the location
+    linearly when the summary is held, and an empty context is the prior predictive."""
+    x_context, y_context, x_query = inputs()
+    before = readout_model(x_context, y_context, x_query)  # [b, q, 7 + 2]
+    assert before.shape == (2, 5, 9)
+    changed = x_query.clone()
+    changed[:, 2] = 0.123
+    after = readout_model(x_context, y_context, changed)
+    assert torch.allclose(before[:, [0, 1, 3, 4]], after[:, [0, 1, 3, 4]], atol=1e-6)
+    assert not torch.allclose(before[:, 2, -2:], after[:, 2, -2:], atol=1e-4)
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(1))
+    permuted = readout_model(x_context[:, order], y_context[:, order], x_query)
+    assert torch.allclose(before, permuted, atol=1e-5)
+    empty = readout_model(x_context[:, :0], y_context[:, :0], x_query)
+    assert torch.isfinite(empty).all() and torch.equal(empty[..., -2], torch.zeros(2, 5))
+    padded = [pad_features(x, 3) for x in (x_context, x_query)]
+    summary = torch.randn(2, 32)
+    loc_1, _ = readout_model.linear_readout(summary, padded[0], y_context, padded[1])
+    loc_3, _ = readout_model.linear_readout(summary, padded[0], 3 * y_context, padded[1])
+    torch.testing.assert_close(loc_3, 3 * loc_1, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_readout_static_shapes_match(readout_model):
+    x_context, y_context, x_query = inputs()
+    x, y = torch.cat([x_context, x_query], 1), torch.cat([y_context, torch.randn(2, 5)], 1)
+    static = readout_model.forward_static(pad_features(x, 3), y, torch.arange(11) < 6)[:, 6:]
+    torch.testing.assert_close(static, readout_model(x_context, y_context, x_query), atol=1e-5, rtol=1e-5)

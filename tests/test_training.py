@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import pfn
+from pfn.estimators import PFNRegressor
 from pfn.checkpoint import read_checkpoint
 from pfn.config import TrainConfig, load_config, resolve_speed
+from pfn.heads import LocationScaleHead, standard_normal_borders
 from pfn.model import MAX_LOG_TEMPERATURE, TEMPERATURE_GAIN
 from pfn.training import PFNModule, compile_backbone, draw_training_batch, next_stream, train
 from priors import GPPrior, build_prior
@@ -379,12 +381,54 @@ def test_mlp_x_encoder_travels_through_the_checkpoint(tmp_path, tiny_model_path)
         tiny_config(tmp_path / "o", "--model.x_encoder", "MLP")
 
 
+def test_linear_readout_trains_and_round_trips(tmp_path):
+    config = ("--model.linear_readout", "16", "--data.standardize_y", "true")
+    untrained = pfn.load(train(tiny_config(tmp_path / "u", *config, "--train.max_steps", "1")))
+    model = pfn.load(train(tiny_config(tmp_path / "t", *config)))
+    assert isinstance(model.head, LocationScaleHead)
+    assert torch.equal(model.head.borders, standard_normal_borders(model.config.model.num_buckets))
+    assert held_out_nll(model) < held_out_nll(untrained) - 0.3
+    # In the caller's units: the predictive moves with y's units, its buckets placed per query.
+    rng = torch.Generator().manual_seed(0)
+    x_context, y_context, x_query = torch.rand(12, 2, generator=rng), torch.randn(12, generator=rng), torch.rand(5, 2)
+    dist = model.predict(x_context, y_context, x_query)
+    assert dist.borders.shape == (5, model.config.model.num_buckets + 1)
+    moved = model.predict(x_context, 100 * y_context + 7, x_query)
+    torch.testing.assert_close(moved.median, 100 * dist.median + 7, atol=1e-3, rtol=1e-4)
+    # The sklearn-style estimator keeps each query's own buckets, and refuses an ensemble it cannot average.
+    regressor = PFNRegressor(model=str(model.path), chunk_size=2).fit(x_context.numpy(), y_context.numpy())
+    torch.testing.assert_close(regressor.predict_distribution(x_query.numpy()).median, dist.median, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="n_ensemble=2 needs a model whose buckets are shared"):
+        PFNRegressor(model=str(model.path), n_ensemble=2).fit(x_context.numpy(), y_context.numpy())
+    with pytest.raises(ValueError, match="linear_readout must be >= 0"):
+        tiny_config(tmp_path / "n", "--model.linear_readout", "-1")
+    with pytest.raises(ValueError, match="linear_readout places a regression predictive"):
+        tiny_config(tmp_path / "c", "--model.linear_readout", "4", "--prior", "{name: gmm}", "--model.head", "categorical")
+
+
+def test_init_from_can_gain_a_linear_readout(tmp_path, tiny_model_path):
+    source = pfn.load(tiny_model_path)
+    init = ("--train.init_from", str(tiny_model_path), "--train.max_steps", "1", "--train.lr", "1e-12")
+    gained = pfn.load(train(tiny_config(tmp_path / "r", *init, "--model.linear_readout", "8")))
+    theirs, ours = source.backbone.state_dict(), gained.backbone.state_dict()
+    assert torch.allclose(ours["blocks.0.attention.query.weight"], theirs["blocks.0.attention.query.weight"])
+    # The output layer starts afresh on the head's standard-normal buckets: z uniform over them,
+    # so the predictive starts as the readout's own Gaussian (its median at loc).
+    assert not ours["decoder.2.weight"].abs().max() > 1e-6
+    assert torch.equal(gained.head.borders, standard_normal_borders(gained.config.model.num_buckets))
+    batch = GPPrior().sample(4, 20, 2, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        outputs = gained.backbone(batch.x[:, :12], batch.y[:, :12], batch.x[:, 12:])
+    torch.testing.assert_close(gained.head.distribution(outputs).median, outputs[..., -2], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
         ["--model.learned_temperature", "true"],
         ["--data.standardize_y", "true"],
         ["--prior", "{name: gmm}", "--model.head", "categorical"],
+        ["--model.linear_readout", "8", "--data.standardize_y", "true"],
     ],
 )
 def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
