@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import pfn
-from pfn.estimators import PFNRegressor
 from pfn.checkpoint import read_checkpoint
 from pfn.config import TrainConfig, load_config, resolve_speed
+from pfn.estimators import PFNRegressor
 from pfn.heads import LocationScaleHead, standard_normal_borders
 from pfn.model import MAX_LOG_TEMPERATURE, TEMPERATURE_GAIN
 from pfn.training import PFNModule, compile_backbone, draw_training_batch, next_stream, train
@@ -397,13 +397,15 @@ def test_linear_readout_trains_and_round_trips(tmp_path):
     torch.testing.assert_close(moved.median, 100 * dist.median + 7, atol=1e-3, rtol=1e-4)
     # The sklearn-style estimator keeps each query's own buckets, and refuses an ensemble it cannot average.
     regressor = PFNRegressor(model=str(model.path), chunk_size=2).fit(x_context.numpy(), y_context.numpy())
-    torch.testing.assert_close(regressor.predict_distribution(x_query.numpy()).median, dist.median, atol=1e-4, rtol=1e-4)
+    estimated = regressor.predict_distribution(x_query.numpy()).median
+    torch.testing.assert_close(estimated, dist.median, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="n_ensemble=2 needs a model whose buckets are shared"):
         PFNRegressor(model=str(model.path), n_ensemble=2).fit(x_context.numpy(), y_context.numpy())
     with pytest.raises(ValueError, match="linear_readout must be >= 0"):
         tiny_config(tmp_path / "n", "--model.linear_readout", "-1")
     with pytest.raises(ValueError, match="linear_readout places a regression predictive"):
-        tiny_config(tmp_path / "c", "--model.linear_readout", "4", "--prior", "{name: gmm}", "--model.head", "categorical")
+        categorical = ("--prior", "{name: gmm}", "--model.head", "categorical")
+        tiny_config(tmp_path / "c", "--model.linear_readout", "4", *categorical)
 
 
 def test_init_from_can_gain_a_linear_readout(tmp_path, tiny_model_path):
