@@ -165,7 +165,9 @@ class BayesianLinearReadout(nn.Module):
         phi_context, phi_query = phi_context.double(), phi_query.double()
         gram = phi_context.mT @ phi_context  # [b, D, D]
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        cholesky = torch.linalg.cholesky(gram + rearrange(ratio, "b -> b 1 1") * eye)
+        # `_ex`: no check of the factorisation on the host, which would stall every GPU step (and
+        # break a CUDA graph); the ratio's floor keeps the matrix positive definite.
+        cholesky, _ = torch.linalg.cholesky_ex(gram + rearrange(ratio, "b -> b 1 1") * eye)
         projection = phi_context.mT @ rearrange(y_context.double(), "b c -> b c 1")  # [b, D, 1]
         weights = torch.cholesky_solve(projection, cholesky)  # [b, D, 1]
         loc = rearrange(phi_query @ weights, "b q 1 -> b q")

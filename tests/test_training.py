@@ -457,7 +457,8 @@ def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_cuda_graph_training_takes_the_steps_eager_training_does(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--model.linear_readout", "8", "--data.standardize_y", "true"]])
+def test_gpu_cuda_graph_training_takes_the_steps_eager_training_does(tmp_path, monkeypatch, extra):
     # The default on a CUDA GPU (train.compile etc. "auto"): the backbone compiled at static shapes
     # and replayed as a CUDA graph. Same weights, same batches, float32: the same losses, step by step.
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -466,7 +467,7 @@ def test_gpu_cuda_graph_training_takes_the_steps_eager_training_does(tmp_path, m
         mode = "reduce-overhead" if compiled else "default"
         config = tiny_config(
             tmp_path, "--train.static_shapes", "true", "--train.compile", str(compiled).lower(),
-            "--train.compile_mode", mode,
+            "--train.compile_mode", mode, *extra,
         )  # fmt: skip
         torch.manual_seed(0)
         module = PFNModule(config.to_dict())
