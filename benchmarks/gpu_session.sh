@@ -28,6 +28,14 @@ echo "GPU tests: $(tail -n 1 "$OUT/gpu-tests.log")"
 VARIANTS="eager static-cudagraphs" OUT="$OUT/tp" bash benchmarks/gpu_throughput.sh paper ${THROUGHPUT_ARGS:-}
 
 [ -n "${SKIP_TRAINING:-}" ] && exit 0
+# A model with a linear readout (model.linear_readout: gp_hyper) solves a small float64 system per
+# dataset; whether cuSOLVER's batched Cholesky records into a CUDA graph has not been seen yet.
+# Should the GPU test of that fail, train such models on the eager path rather than not at all.
+READOUT_SPEED=""
+if grep -q "FAILED.*cuda_graph.*extra1" "$OUT/gpu-tests.log"; then
+    READOUT_SPEED="--train.compile false --train.static_shapes false"
+    echo "CUDA-graph training of a readout model failed its test: the readout model trains eagerly"
+fi
 LEFT=$(( TOTAL_SECONDS - ($(date +%s) - START) ))
 if [ "$LEFT" -lt 150 ]; then
     echo "only ${LEFT}s left: no training"
@@ -36,5 +44,5 @@ fi
 python3 -m pfn.cli models gp_hyper --write-config runs/gp_hyper-shipped.yaml > /dev/null  # 4 x 128, not the config's 6 x 256
 SKIP_THROUGHPUT=1 SKIP_LC=1 CONFIG_gp_hyper=runs/gp_hyper-shipped.yaml OUT="$OUT/train" \
     EXTRA_ARGS_gp="${EXTRA_ARGS_gp:---train.init_from gp --train.lr 5e-5 --train.warmup_steps 50 --train.precision 32-true --seed $START}" \
-    EXTRA_ARGS_gp_hyper="${EXTRA_ARGS_gp_hyper:---train.init_from gp_hyper --data.batch_size 128 --train.lr 1e-4 --train.warmup_steps 50 --train.precision 32-true --train.exact_targets true --seed $((START + 1))}" \
+    EXTRA_ARGS_gp_hyper="${EXTRA_ARGS_gp_hyper:---train.init_from gp_hyper --data.batch_size 128 --train.lr 1e-4 --train.warmup_steps 50 --train.precision 32-true --train.exact_targets true $READOUT_SPEED --seed $((START + 1))}" \
     bash benchmarks/train_shipped.sh "$LEFT" gp gp_hyper
