@@ -137,9 +137,10 @@ class BayesianLinearReadout(nn.Module):
         [b, q, max_features] -> loc [b, q], log_scale [b, q] (float32)."""
         with torch.autocast(summary.device.type, enabled=False):
             summary = self.norm(summary.float())
-            phi_context = self.features(x_context.float(), summary)
-            phi_query = self.features(x_query.float(), summary)
-            return self.solve(summary, phi_context, y_context.float(), phi_query)
+            # One pass over all points: for one small dataset the MLP's cost is mostly per call.
+            phi = self.features(torch.cat([x_context, x_query], dim=1).float(), summary)
+            num_context = x_context.shape[1]
+            return self.solve(summary, phi[:, :num_context], y_context.float(), phi[:, num_context:])
 
     def forward_static(
         self, summary: torch.Tensor, x: torch.Tensor, y: torch.Tensor, is_context: torch.Tensor
