@@ -8,8 +8,11 @@
 # 2. the "paper" throughput config, eager and with training's GPU default (static shapes,
 #    compiled, CUDA graphs), which has only been measured at "small";
 # 3. `gp` and `gp_hyper` continued from the shipped models, at once, for what is left of
-#    TOTAL_SECONDS (float32 with exact targets; CUDA graphs by default now). Override their
-#    arguments with EXTRA_ARGS_gp / EXTRA_ARGS_gp_hyper, or leave training out with SKIP_TRAINING=1.
+#    TOTAL_SECONDS (float32 with exact targets; CUDA graphs by default now). `gp_hyper` has a
+#    linear readout already; `gp` gains one (256 basis functions: in 50 CPU minutes it helped in
+#    1 feature and not yet in 5, benchmarks/results/linear-readout-2026-11-27.md), so compare the
+#    result with `pfn compare` before shipping it. Override their arguments with EXTRA_ARGS_gp /
+#    EXTRA_ARGS_gp_hyper, or leave training out with SKIP_TRAINING=1.
 #
 # What comes back from $OUT (at most 8 files): gpu-tests.log, tp/throughput-{eager,static-cudagraphs}.json
 # and .log, train/{gp,gp_hyper}.pfn and train/logs.tgz.
@@ -43,6 +46,6 @@ if [ "$LEFT" -lt 150 ]; then
 fi
 python3 -m pfn.cli models gp_hyper --write-config runs/gp_hyper-shipped.yaml > /dev/null  # 4 x 128, not the config's 6 x 256
 SKIP_THROUGHPUT=1 SKIP_LC=1 CONFIG_gp_hyper=runs/gp_hyper-shipped.yaml OUT="$OUT/train" \
-    EXTRA_ARGS_gp="${EXTRA_ARGS_gp:---train.init_from gp --train.lr 5e-5 --train.warmup_steps 50 --train.precision 32-true --seed $START}" \
+    EXTRA_ARGS_gp="${EXTRA_ARGS_gp:---train.init_from gp --model.linear_readout 256 --train.lr 1e-4 --train.warmup_steps 100 --train.precision 32-true $READOUT_SPEED --seed $START}" \
     EXTRA_ARGS_gp_hyper="${EXTRA_ARGS_gp_hyper:---train.init_from gp_hyper --data.batch_size 128 --train.lr 1e-4 --train.warmup_steps 50 --train.precision 32-true --train.exact_targets true $READOUT_SPEED --seed $((START + 1))}" \
     bash benchmarks/train_shipped.sh "$LEFT" gp gp_hyper
