@@ -90,7 +90,7 @@ MAX_LOG_TEMPERATURE = 6.0  # inverse temperatures stay in [e^-6, e^6]
 
 # The readout's log precisions move at the pace they need, as the temperature's do, and stay
 # bounded: the weights' prior precision alpha in [e^-10, e^10], the noise precision beta in
-# [e^-10, e^25] (standardised targets whose noise std is as small as ~1e-5 of their spread).
+# [e^-25, e^25] (standardised targets whose noise std is as small as ~1e-5 of their spread).
 READOUT_GAIN = 10.0
 MAX_LOG_ALPHA, MAX_LOG_BETA = 10.0, 25.0
 INITIAL_LOG_BETA = math.log(100.0)  # noise std 0.1 of the context's spread, before any training

@@ -348,17 +348,15 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
         # Its logits were over the prior's y; here they describe z = (y - loc) / scale on fixed
         # buckets. The new output layer starts at zero (see PFNTransformer), so the predictive
         # starts as the readout's Gaussian, on the trained transformer's tokens.
-        output_layer = [key for key in state if key.startswith("decoder.2.")]
-        state = {key: value for key, value in state.items() if key not in output_layer}
+        state = {key: value for key, value in state.items() if not key.startswith("decoder.2.")}
     resized = [
         key for key, value in module.backbone.state_dict().items() if key in state and state[key].shape != value.shape
     ]
     module.backbone.load_state_dict({key: value for key, value in state.items() if key not in resized}, strict=False)
-    if gains_readout:
-        pass  # the head's standard-normal buckets stay
-    elif ours.model.head == "riemann" and not resized:
+    # (A gained readout keeps its head's standard-normal buckets.)
+    if ours.model.head == "riemann" and not gains_readout and not resized:
         module.head.borders.copy_(source.head.borders)  # `setup` keeps borders that are already set
-    elif ours.model.head == "riemann":
+    elif ours.model.head == "riemann" and not gains_readout:
         # New buckets: place them for this config, and start the output layer where it gives the
         # model's own predictive distribution on them, so training continues rather than restarts.
         borders = prior_borders(module.prior, ours)
