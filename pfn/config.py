@@ -58,6 +58,12 @@ class ModelConfig:
     # bucket (gp_hyper: std 3e-4..1e-2 of the context's std, where the plain model's location is
     # off by 1e-3..5e-3; benchmarks/results/gp-hyper-precision-2026-11-27.md).
     linear_readout: int = 0
+    # With linear_readout: move the readout's prior and noise precisions from the network's guess
+    # towards their type-II maximum-likelihood values on each context (the Bayesian linear
+    # regression's evidence, maximised exactly per dataset), by a weight the network learns.
+    # It uses an eigendecomposition that synchronises with the host, so a CUDA GPU trains it
+    # compiled but without CUDA graphs.
+    readout_evidence: bool = False
 
 
 @dataclass
@@ -190,6 +196,15 @@ class Config:
             raise ValueError(f"model.linear_readout must be >= 0 (0: off), got {self.model.linear_readout}")
         if self.model.linear_readout and self.model.head != "riemann":
             raise ValueError("model.linear_readout places a regression predictive; it needs model.head 'riemann'")
+        if self.model.readout_evidence and not self.model.linear_readout:
+            raise ValueError(
+                "model.readout_evidence fits the linear readout's precisions; it needs model.linear_readout > 0"
+            )
+        if self.model.readout_evidence and self.train.compile_mode == "reduce-overhead":
+            raise ValueError(
+                "model.readout_evidence cannot run in a CUDA graph (its eigendecomposition synchronises with the "
+                "host): use train.compile_mode auto or default"
+            )
         if self.data.standardize_y and self.model.head != "riemann":
             raise ValueError("data.standardize_y standardises real-valued targets; it needs model.head 'riemann'")
         if self.train.export_dtype not in WEIGHT_DTYPES:
@@ -232,9 +247,10 @@ class Speed:
     compile_mode: str
 
 
-def resolve_speed(train: TrainConfig, device_type: str) -> Speed:
+def resolve_speed(train: TrainConfig, device_type: str, cuda_graphs: bool = True) -> Speed:
     """The speed options for training on `device_type`: "auto" compiles at static shapes with CUDA
-    graphs on a CUDA GPU and runs the eager path elsewhere; a compile mode asked for compiles."""
+    graphs on a CUDA GPU (without them for a model whose step synchronises with the host,
+    `cuda_graphs=False`) and runs the eager path elsewhere; a compile mode asked for compiles."""
     if train.compile == "auto":
         compile_ = device_type == "cuda" or train.compile_mode not in ("auto", "default")
     else:
@@ -242,7 +258,7 @@ def resolve_speed(train: TrainConfig, device_type: str) -> Speed:
     static_shapes = compile_ if train.static_shapes == "auto" else train.static_shapes
     compile_mode = train.compile_mode
     if compile_mode == "auto":
-        cuda_graphs = device_type == "cuda" and compile_ and static_shapes  # a CUDA graph needs one shape
+        cuda_graphs = cuda_graphs and device_type == "cuda" and compile_ and static_shapes  # needs one shape
         compile_mode = "reduce-overhead" if cuda_graphs else "default"
     return Speed(static_shapes=static_shapes, compile=compile_, compile_mode=compile_mode)
 

@@ -95,6 +95,57 @@ READOUT_GAIN = 10.0
 MAX_LOG_ALPHA, MAX_LOG_BETA = 10.0, 25.0
 INITIAL_LOG_BETA = math.log(100.0)  # noise std 0.1 of the context's spread, before any training
 MIN_PRIOR_RATIO = 1e-9  # alpha / beta is at least this: A stays well conditioned in float64
+# Type-II maximum likelihood (`readout_evidence`) searches log(alpha / beta) on this many points
+# of [log MIN_PRIOR_RATIO, MAX_LOG_ALPHA + MAX_LOG_BETA], then refines the best by a parabola.
+EVIDENCE_GRID_POINTS = 256
+
+
+def evidence_precisions(
+    gram: torch.Tensor, projection: torch.Tensor, y_squared: torch.Tensor, num_context: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The readout's precisions by type-II maximum likelihood: the log(alpha / beta) and log beta
+    under which a Bayesian linear regression finds the context's y most probable (its evidence,
+    Bishop's PRML section 3.5), per dataset.
+
+    gram: [b, D, D] = Phi^T Phi, projection: [b, D] = Phi^T y, y_squared: [b] = y^T y,
+    num_context: [b] or [] points N -> log_ratio [b], log_beta [b] (float64, no gradient).
+
+    With rho = alpha / beta and A = rho I + Phi^T Phi, the log evidence is
+        D/2 log rho + N/2 log beta - beta/2 Q(rho) - 1/2 log det A + const,
+        Q(rho) = y^T y - u^T A^-1 u  (the fit's residual plus rho |w|^2),  u = Phi^T y,
+    so the best beta is N / Q(rho), and what is left is a function of rho alone. In the
+    eigenbasis of Phi^T Phi (eigenvalues lambda) it costs O(D) per rho:
+        log p(rho) = D/2 log rho - N/2 log Q(rho) - 1/2 sum_i log(rho + lambda_i) + const,
+        Q(rho) = y^T y - sum_i (V^T u)_i^2 / (rho + lambda_i).
+    """
+    with torch.no_grad():
+        eigenvalues, eigenvectors = torch.linalg.eigh(gram)  # [b, D], [b, D, D]
+        eigenvalues = eigenvalues.clamp_min(0)
+        rotated = rearrange(eigenvectors.mT @ rearrange(projection, "b d -> b d 1"), "b d 1 -> b d").square()
+        grid = torch.linspace(
+            math.log(MIN_PRIOR_RATIO),
+            MAX_LOG_ALPHA + MAX_LOG_BETA,
+            EVIDENCE_GRID_POINTS,
+            dtype=gram.dtype,
+            device=gram.device,
+        )  # [G]
+        shifted = rearrange(grid.exp(), "g -> 1 g 1") + rearrange(eigenvalues, "b d -> b 1 d")  # [b, G, D]
+        y_squared = rearrange(y_squared, "b -> b 1")
+        residual = y_squared - (rearrange(rotated, "b d -> b 1 d") / shifted).sum(-1)  # Q: [b, G]
+        # Q is a difference of near-equal sums on (nearly) noiseless data: keep it positive.
+        residual = torch.maximum(residual, 1e-13 * y_squared.clamp_min(1e-30))
+        num_context = torch.as_tensor(num_context, dtype=gram.dtype, device=gram.device)
+        num_points = num_context.reshape(-1, 1) if num_context.ndim else num_context
+        log_evidence = 0.5 * gram.shape[-1] * grid - 0.5 * num_points * residual.log() - 0.5 * shifted.log().sum(-1)
+        best = log_evidence[:, 1:-1].argmax(-1) + 1  # [b]; an inner point, so it has two neighbours
+        below, at, above = (log_evidence.gather(1, rearrange(best + k, "b -> b 1"))[:, 0] for k in (-1, 0, 1))
+        # The vertex of the parabola through the three points, within one grid step of the best.
+        step = grid[1] - grid[0]
+        curvature = (below - 2 * at + above).clamp_max(-1e-12)
+        log_ratio = grid[best] + (step * 0.5 * (below - above) / curvature).clamp(-step, step)
+        best_residual = residual.gather(1, rearrange(best, "b -> b 1"))[:, 0]
+        log_beta = (num_points.reshape(-1).log() - best_residual.log()).clamp(-MAX_LOG_BETA, MAX_LOG_BETA)
+    return log_ratio, log_beta
 
 
 class BayesianLinearReadout(nn.Module):
@@ -109,13 +160,18 @@ class BayesianLinearReadout(nn.Module):
         A = (alpha / beta) I + Phi_c^T Phi_c,   loc_q = phi_q^T A^-1 Phi_c^T y_c,
         variance_q = (1 + phi_q^T A^-1 phi_q) / beta.
 
+    With `evidence`, alpha / beta and beta move from the network's guess towards their type-II
+    maximum-likelihood values for the dataset (`evidence_precisions`), by a weight the network
+    reads from the summary: on nearly noiseless data the evidence pins the noise down far more
+    precisely than a guess from a summary token can.
+
     The solve runs in float64 on [num_basis, num_basis] matrices: nearly noiseless data drive
     alpha / beta, and with it A's conditioning, down by many orders of magnitude. Everything
     here runs in float32 or float64 under autocast too, so the features agree between the
     context and the queries to float32 precision.
     """
 
-    def __init__(self, max_features: int, emsize: int, num_basis: int) -> None:
+    def __init__(self, max_features: int, emsize: int, num_basis: int, evidence: bool = False) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(emsize)
         self.from_x = nn.Linear(max_features, emsize)
@@ -125,6 +181,13 @@ class BayesianLinearReadout(nn.Module):
         nn.init.zeros_(self.log_precisions.weight)
         with torch.no_grad():
             self.log_precisions.bias.copy_(torch.tensor([0.0, INITIAL_LOG_BETA / READOUT_GAIN]))
+        # With `evidence`, how far each of log(alpha / beta) and log beta moves from the network's
+        # own value towards the type-II maximum-likelihood one (a weight in (0, 1) per dataset, read
+        # from the summary; zero-initialised: halfway).
+        self.evidence_weight = nn.Linear(emsize, 2) if evidence else None
+        if self.evidence_weight is not None:
+            nn.init.zeros_(self.evidence_weight.weight)
+            nn.init.zeros_(self.evidence_weight.bias)
 
     def features(self, x: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         # x: [b, n, max_features] padded, summary: [b, e] normed -> phi [b, n, num_basis]
@@ -140,7 +203,9 @@ class BayesianLinearReadout(nn.Module):
             # One pass over all points: for one small dataset the MLP's cost is mostly per call.
             phi = self.features(torch.cat([x_context, x_query], dim=1).float(), summary)
             num_context = x_context.shape[1]
-            return self.solve(summary, phi[:, :num_context], y_context.float(), phi[:, num_context:])
+            return self.solve(
+                summary, phi[:, :num_context], y_context.float(), phi[:, num_context:], torch.tensor(num_context)
+            )
 
     def forward_static(
         self, summary: torch.Tensor, x: torch.Tensor, y: torch.Tensor, is_context: torch.Tensor
@@ -153,23 +218,38 @@ class BayesianLinearReadout(nn.Module):
             # A zero row of phi (and y) adds nothing to the Gram matrix or the projection.
             mask = is_context.float()
             phi_context = phi * rearrange(mask, "n -> 1 n 1")
-            return self.solve(summary, phi_context, y.float() * mask, phi)
+            return self.solve(summary, phi_context, y.float() * mask, phi, mask.sum())
 
     def solve(
-        self, summary: torch.Tensor, phi_context: torch.Tensor, y_context: torch.Tensor, phi_query: torch.Tensor
+        self,
+        summary: torch.Tensor,
+        phi_context: torch.Tensor,
+        y_context: torch.Tensor,
+        phi_query: torch.Tensor,
+        num_context: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # summary [b, e] normed, phi_context [b, c, D], y_context [b, c], phi_query [b, q, D]
+        # summary [b, e] normed, phi_context [b, c, D], y_context [b, c], phi_query [b, q, D],
+        # num_context [] (the context's rows of phi that are not zero)
         raw = (READOUT_GAIN * self.log_precisions(summary)).double()  # [b, 2]
         log_alpha = MAX_LOG_ALPHA * torch.tanh(raw[:, 0] / MAX_LOG_ALPHA)
         log_beta = MAX_LOG_BETA * torch.tanh(raw[:, 1] / MAX_LOG_BETA)
-        ratio = torch.exp(log_alpha - log_beta).clamp_min(MIN_PRIOR_RATIO)  # [b]
-        phi_context, phi_query = phi_context.double(), phi_query.double()
+        log_ratio = log_alpha - log_beta
+        phi_context, phi_query, y_context = phi_context.double(), phi_query.double(), y_context.double()
         gram = phi_context.mT @ phi_context  # [b, D, D]
+        projection = phi_context.mT @ rearrange(y_context, "b c -> b c 1")  # [b, D, 1]
+        if self.evidence_weight is not None:
+            fitted_ratio, fitted_beta = evidence_precisions(
+                gram, rearrange(projection, "b d 1 -> b d"), y_context.square().sum(-1), num_context
+            )
+            # Fewer than two points cannot tell noise from signal: the network's own values then.
+            weight = torch.sigmoid(self.evidence_weight(summary).double()) * (num_context >= 2)  # [b, 2]
+            log_ratio = log_ratio + weight[:, 0] * (fitted_ratio - log_ratio)
+            log_beta = log_beta + weight[:, 1] * (fitted_beta - log_beta)
+        ratio = torch.exp(log_ratio).clamp_min(MIN_PRIOR_RATIO)  # [b]
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         # `_ex`: no check of the factorisation on the host, which would stall every GPU step (and
         # break a CUDA graph); the ratio's floor keeps the matrix positive definite.
         cholesky, _ = torch.linalg.cholesky_ex(gram + rearrange(ratio, "b -> b 1 1") * eye)
-        projection = phi_context.mT @ rearrange(y_context.double(), "b c -> b c 1")  # [b, D, 1]
         weights = torch.cholesky_solve(projection, cholesky)  # [b, D, 1]
         loc = rearrange(phi_query @ weights, "b q 1 -> b q")
         whitened = torch.linalg.solve_triangular(cholesky, phi_query.mT, upper=False)  # [b, D, q]
@@ -200,6 +280,7 @@ class PFNTransformer(nn.Module):
         learned_temperature: bool = False,
         x_encoder: str = "linear",
         linear_readout: int = 0,
+        readout_evidence: bool = False,
     ) -> None:
         super().__init__()
         self.max_features = max_features
@@ -227,7 +308,9 @@ class PFNTransformer(nn.Module):
         # With a linear readout the logits are a bar distribution over z = (y - loc) / scale; a
         # zero output layer starts them uniform over the head's standard-normal buckets, so the
         # predictive starts as the readout's own Gaussian.
-        self.linear_readout = BayesianLinearReadout(max_features, emsize, linear_readout) if linear_readout else None
+        self.linear_readout = (
+            BayesianLinearReadout(max_features, emsize, linear_readout, readout_evidence) if linear_readout else None
+        )
         if self.linear_readout is not None:
             nn.init.zeros_(self.decoder[-1].weight)
             nn.init.zeros_(self.decoder[-1].bias)

@@ -23,6 +23,7 @@ def build_backbone(model: ModelConfig) -> PFNTransformer:
         learned_temperature=model.learned_temperature,
         x_encoder=model.x_encoder,
         linear_readout=model.linear_readout,
+        readout_evidence=model.readout_evidence,
     )
 
 

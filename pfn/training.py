@@ -146,7 +146,11 @@ class PFNModule(L.LightningModule):
         self.prior = build_prior(self.config.prior)
         self.head = build_head(self.config.model)
         self.backbone = build_backbone(self.config.model)
-        self.speed = resolve_speed(self.config.train, training_device_type(self.config.train.accelerator))
+        self.speed = resolve_speed(
+            self.config.train,
+            training_device_type(self.config.train.accelerator),
+            cuda_graphs=not self.config.model.readout_evidence,
+        )
         if self.config.train.exact_targets:
             check_exact_targets(self.prior)  # at start-up, not at the first step
 
@@ -319,7 +323,8 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
 
     Every `model.*` setting must match, except gaining `learned_temperature` (its new layer starts
     at temperature 1, so predictions are unchanged at the start), gaining `linear_readout` (the
-    transformer is kept, the output layer and buckets start afresh) and `num_buckets`: with another
+    transformer is kept, the output layer and buckets start afresh), gaining `readout_evidence`
+    (its new weights start halfway between the readout's guess and the evidence's fit) and `num_buckets`: with another
     number of buckets the borders are placed for this config and the output layer is rebuilt to
     give the model's own predictive distribution on them (`rebucket_output_layer`); with the same
     number the model's own borders are kept, since its output layer was trained on them. Returns
@@ -335,6 +340,7 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
         and getattr(ours.model, field.name) != getattr(theirs.model, field.name)
         and not (field.name == "learned_temperature" and ours.model.learned_temperature)
         and not (field.name == "linear_readout" and gains_readout)
+        and not (field.name == "readout_evidence" and ours.model.readout_evidence)
     ]
     if differing:
         raise ValueError(f"train.init_from {name_or_path!r} has another architecture: {', '.join(differing)}")

@@ -1,10 +1,12 @@
 """The transformer's attention pattern: queries see only the context, the context is a set."""
 
+import math
+
 import pytest
 import torch
 
 from pfn.distributions import RiemannDistribution
-from pfn.model import ContextAttention, PFNTransformer, pad_features
+from pfn.model import BayesianLinearReadout, ContextAttention, PFNTransformer, evidence_precisions, pad_features
 
 
 @pytest.fixture
@@ -200,8 +202,67 @@ def test_linear_readout_keeps_the_attention_pattern(readout_model):
     torch.testing.assert_close(loc_3, 3 * loc_1, atol=1e-5, rtol=1e-5)
 
 
-def test_linear_readout_static_shapes_match(readout_model):
+@pytest.mark.parametrize("evidence", [False, True])
+def test_linear_readout_static_shapes_match(evidence):
+    torch.manual_seed(0)
+    model = PFNTransformer(3, 7, emsize=32, nlayers=2, nhead=4, nhid=64, linear_readout=16, readout_evidence=evidence)
     x_context, y_context, x_query = inputs()
     x, y = torch.cat([x_context, x_query], 1), torch.cat([y_context, torch.randn(2, 5)], 1)
-    static = readout_model.forward_static(pad_features(x, 3), y, torch.arange(11) < 6)[:, 6:]
-    torch.testing.assert_close(static, readout_model(x_context, y_context, x_query), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        static = model.forward_static(pad_features(x, 3), y, torch.arange(11) < 6)[:, 6:]
+        dynamic = model(x_context, y_context, x_query)
+    torch.testing.assert_close(static, dynamic, atol=1e-5, rtol=1e-5)
+
+
+def marginal_log_likelihood(phi: torch.Tensor, y: torch.Tensor, log_ratio: float, log_beta: float) -> float:
+    """log N(y; 0, Phi Phi^T / alpha + I / beta): the Bayesian linear regression's evidence, directly."""
+    beta = math.exp(log_beta)
+    covariance = phi @ phi.T / (math.exp(log_ratio) * beta) + torch.eye(len(y), dtype=phi.dtype) / beta
+    return torch.distributions.MultivariateNormal(torch.zeros_like(y), covariance).log_prob(y).item()
+
+
+@pytest.mark.parametrize(("points", "basis", "noise"), [(30, 5, 0.1), (50, 10, 1e-3), (8, 16, 0.01)])
+def test_evidence_precisions_maximise_the_marginal_likelihood(points, basis, noise):
+    generator = torch.Generator().manual_seed(points)
+    phi = torch.randn(points, basis, dtype=torch.float64, generator=generator)
+    y = phi @ torch.randn(basis, dtype=torch.float64, generator=generator)
+    y = y + noise * torch.randn(points, dtype=torch.float64, generator=generator)
+    log_ratio, log_beta = evidence_precisions((phi.T @ phi)[None], (phi.T @ y)[None], y.square().sum()[None], points)
+    best = marginal_log_likelihood(phi, y, log_ratio.item(), log_beta.item())
+    for step_ratio, step_beta in [(-0.1, 0), (0.1, 0), (0, -0.1), (0, 0.1), (0.1, 0.1), (-0.1, -0.1)]:
+        assert marginal_log_likelihood(phi, y, log_ratio.item() + step_ratio, log_beta.item() + step_beta) < best
+    if points > basis:  # enough points to pin the noise down: near its true precision
+        assert abs(log_beta.item() - 2 * math.log(1 / noise)) < 1.0
+
+
+def test_readout_evidence_moves_the_precisions_by_the_learned_weight():
+    """Weight 0 is the network's own guess; weight 1 the type-II maximum-likelihood fit; fewer than
+    two context points leave the guess alone."""
+    torch.manual_seed(0)
+    readout = BayesianLinearReadout(max_features=3, emsize=32, num_basis=8, evidence=True)
+    x_context, y_context, x_query = inputs(features=3)
+    summary = torch.randn(2, 32)
+    guess = BayesianLinearReadout(max_features=3, emsize=32, num_basis=8)
+    guess.load_state_dict(readout.state_dict(), strict=False)
+    with torch.no_grad():
+        readout.evidence_weight.bias.fill_(-50.0)  # weight 0
+        torch.testing.assert_close(
+            readout(summary, x_context, y_context, x_query), guess(summary, x_context, y_context, x_query)
+        )
+        readout.evidence_weight.bias.fill_(50.0)  # weight 1
+        loc, log_scale = readout(summary, x_context, y_context, x_query)
+        phi = readout.features(torch.cat([x_context, x_query], 1), readout.norm(summary)).double()
+        phi_context, phi_query = phi[:, :6], phi[:, 6:]
+        y = y_context.double()
+        log_ratio, log_beta = evidence_precisions(
+            phi_context.mT @ phi_context, (phi_context.mT @ y[..., None])[..., 0], y.square().sum(-1), 6
+        )
+        for b in range(2):
+            precision = torch.exp(log_ratio[b]) * torch.eye(8, dtype=torch.float64) + phi_context[b].T @ phi_context[b]
+            covariance = torch.linalg.inv(precision)
+            mean = phi_query[b] @ covariance @ phi_context[b].T @ y[b]
+            variance = (1 + ((phi_query[b] @ covariance) * phi_query[b]).sum(-1)) / log_beta[b].exp()
+            torch.testing.assert_close(loc[b].double(), mean, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(log_scale[b].double(), 0.5 * variance.log(), atol=1e-5, rtol=1e-4)
+        one_point = [t[:, :1] for t in (x_context, y_context)]
+        torch.testing.assert_close(readout(summary, *one_point, x_query), guess(summary, *one_point, x_query))
