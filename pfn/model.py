@@ -97,54 +97,66 @@ INITIAL_LOG_BETA = math.log(100.0)  # noise std 0.1 of the context's spread, bef
 MIN_PRIOR_RATIO = 1e-9  # alpha / beta is at least this: A stays well conditioned in float64
 # Type-II maximum likelihood (`readout_evidence`) searches log(alpha / beta) on this many points
 # of [log MIN_PRIOR_RATIO, MAX_LOG_ALPHA + MAX_LOG_BETA], then refines the best by a parabola.
-EVIDENCE_GRID_POINTS = 256
+EVIDENCE_GRID_POINTS = 128
 
 
 def evidence_precisions(
-    gram: torch.Tensor, projection: torch.Tensor, y_squared: torch.Tensor, num_context: torch.Tensor
+    phi_context: torch.Tensor, y_context: torch.Tensor, num_context: torch.Tensor | int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The readout's precisions by type-II maximum likelihood: the log(alpha / beta) and log beta
     under which a Bayesian linear regression finds the context's y most probable (its evidence,
     Bishop's PRML section 3.5), per dataset.
 
-    gram: [b, D, D] = Phi^T Phi, projection: [b, D] = Phi^T y, y_squared: [b] = y^T y,
-    num_context: [b] or [] points N -> log_ratio [b], log_beta [b] (float64, no gradient).
+    phi_context: [b, c, D] (rows of zeros add nothing), y_context: [b, c], num_context: [] or an
+    int, the points N -> log_ratio [b], log_beta [b] (no gradient).
 
     With rho = alpha / beta and A = rho I + Phi^T Phi, the log evidence is
         D/2 log rho + N/2 log beta - beta/2 Q(rho) - 1/2 log det A + const,
         Q(rho) = y^T y - u^T A^-1 u  (the fit's residual plus rho |w|^2),  u = Phi^T y,
-    so the best beta is N / Q(rho), and what is left is a function of rho alone. In the
-    eigenbasis of Phi^T Phi (eigenvalues lambda) it costs O(D) per rho:
+    so the best beta is N / Q(rho), and what is left is a function of rho alone. With the
+    eigenvalues lambda of Phi^T Phi and u in its eigenbasis it costs O(D) per rho:
         log p(rho) = D/2 log rho - N/2 log Q(rho) - 1/2 sum_i log(rho + lambda_i) + const,
-        Q(rho) = y^T y - sum_i (V^T u)_i^2 / (rho + lambda_i).
+        Q(rho) = y^T y - sum_i u_i^2 / (rho + lambda_i).
+    The nonzero eigenvalues are those of the smaller of Phi^T Phi and Phi Phi^T (then, with
+    eigenvectors U, u_i^2 = lambda_i (U_i^T y)^2); the others are zero.
     """
     with torch.no_grad():
-        eigenvalues, eigenvectors = torch.linalg.eigh(gram)  # [b, D], [b, D, D]
-        eigenvalues = eigenvalues.clamp_min(0)
-        rotated = rearrange(eigenvectors.mT @ rearrange(projection, "b d -> b d 1"), "b d 1 -> b d").square()
+        phi_context, y_context = phi_context.double(), y_context.double()
+        num_basis = phi_context.shape[-1]
+        if phi_context.shape[1] < num_basis:
+            eigenvalues, eigenvectors = torch.linalg.eigh(phi_context @ phi_context.mT)  # [b, c], [b, c, c]
+            eigenvalues = eigenvalues.clamp_min(0)
+            rotated = eigenvalues * (eigenvectors.mT @ rearrange(y_context, "b c -> b c 1"))[..., 0].square()
+        else:
+            eigenvalues, eigenvectors = torch.linalg.eigh(phi_context.mT @ phi_context)  # [b, D], [b, D, D]
+            eigenvalues = eigenvalues.clamp_min(0)
+            rotated = (eigenvectors.mT @ phi_context.mT @ rearrange(y_context, "b c -> b c 1"))[..., 0].square()
         grid = torch.linspace(
             math.log(MIN_PRIOR_RATIO),
             MAX_LOG_ALPHA + MAX_LOG_BETA,
             EVIDENCE_GRID_POINTS,
-            dtype=gram.dtype,
-            device=gram.device,
+            dtype=torch.float64,
+            device=phi_context.device,
         )  # [G]
-        shifted = rearrange(grid.exp(), "g -> 1 g 1") + rearrange(eigenvalues, "b d -> b 1 d")  # [b, G, D]
-        y_squared = rearrange(y_squared, "b -> b 1")
-        residual = y_squared - (rearrange(rotated, "b d -> b 1 d") / shifted).sum(-1)  # Q: [b, G]
+        shifted = rearrange(grid.exp(), "g -> 1 g 1") + rearrange(eigenvalues, "b m -> b 1 m")  # [b, G, m]
+        y_squared = rearrange(y_context.square().sum(-1), "b -> b 1")
+        residual = y_squared - (rearrange(rotated, "b m -> b 1 m") / shifted).sum(-1)  # Q: [b, G]
         # Q is a difference of near-equal sums on (nearly) noiseless data: keep it positive.
-        residual = torch.maximum(residual, 1e-13 * y_squared.clamp_min(1e-30))
-        num_context = torch.as_tensor(num_context, dtype=gram.dtype, device=gram.device)
-        num_points = num_context.reshape(-1, 1) if num_context.ndim else num_context
-        log_evidence = 0.5 * gram.shape[-1] * grid - 0.5 * num_points * residual.log() - 0.5 * shifted.log().sum(-1)
+        floor = 1e-13 * y_squared.clamp_min(1e-30)  # [b, 1]
+        residual = torch.maximum(residual, floor)
+        num_points = torch.as_tensor(num_context, dtype=torch.float64, device=phi_context.device)
+        log_det = shifted.log().sum(-1) + (num_basis - eigenvalues.shape[-1]) * grid  # log det A: [b, G]
+        log_evidence = 0.5 * num_basis * grid - 0.5 * num_points * residual.log() - 0.5 * log_det
         best = log_evidence[:, 1:-1].argmax(-1) + 1  # [b]; an inner point, so it has two neighbours
         below, at, above = (log_evidence.gather(1, rearrange(best + k, "b -> b 1"))[:, 0] for k in (-1, 0, 1))
         # The vertex of the parabola through the three points, within one grid step of the best.
         step = grid[1] - grid[0]
         curvature = (below - 2 * at + above).clamp_max(-1e-12)
         log_ratio = grid[best] + (step * 0.5 * (below - above) / curvature).clamp(-step, step)
-        best_residual = residual.gather(1, rearrange(best, "b -> b 1"))[:, 0]
-        log_beta = (num_points.reshape(-1).log() - best_residual.log()).clamp(-MAX_LOG_BETA, MAX_LOG_BETA)
+        # The best beta for that ratio: N / Q.
+        shifted = rearrange(log_ratio.exp(), "b -> b 1") + eigenvalues  # [b, m]
+        best_residual = torch.maximum(y_squared[:, 0] - (rotated / shifted).sum(-1), floor[:, 0])
+        log_beta = (num_points.log() - best_residual.log()).clamp(-MAX_LOG_BETA, MAX_LOG_BETA)
     return log_ratio, log_beta
 
 
@@ -238,9 +250,7 @@ class BayesianLinearReadout(nn.Module):
         gram = phi_context.mT @ phi_context  # [b, D, D]
         projection = phi_context.mT @ rearrange(y_context, "b c -> b c 1")  # [b, D, 1]
         if self.evidence_weight is not None:
-            fitted_ratio, fitted_beta = evidence_precisions(
-                gram, rearrange(projection, "b d 1 -> b d"), y_context.square().sum(-1), num_context
-            )
+            fitted_ratio, fitted_beta = evidence_precisions(phi_context, y_context, num_context)
             # Fewer than two points cannot tell noise from signal: the network's own values then.
             weight = torch.sigmoid(self.evidence_weight(summary).double()) * (num_context >= 2)  # [b, 2]
             log_ratio = log_ratio + weight[:, 0] * (fitted_ratio - log_ratio)
