@@ -95,30 +95,34 @@ READOUT_GAIN = 10.0
 MAX_LOG_ALPHA, MAX_LOG_BETA = 10.0, 25.0
 INITIAL_LOG_BETA = math.log(100.0)  # noise std 0.1 of the context's spread, before any training
 MIN_PRIOR_RATIO = 1e-9  # alpha / beta is at least this: A stays well conditioned in float64
-# Type-II maximum likelihood (`readout_evidence`) searches log(alpha / beta) on this many points
-# of [log MIN_PRIOR_RATIO, MAX_LOG_ALPHA + MAX_LOG_BETA], then refines the best by a parabola.
-EVIDENCE_GRID_POINTS = 128
+# `readout_evidence` puts a posterior on log(alpha / beta) over this many points of
+# [log MIN_PRIOR_RATIO, MAX_LOG_ALPHA + MAX_LOG_BETA] (steps of 0.11).
+EVIDENCE_GRID_POINTS = 512
 
 
 def evidence_precisions(
     phi_context: torch.Tensor, y_context: torch.Tensor, num_context: torch.Tensor | int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The readout's precisions by type-II maximum likelihood: the log(alpha / beta) and log beta
-    under which a Bayesian linear regression finds the context's y most probable (its evidence,
-    Bishop's PRML section 3.5), per dataset.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the context's y say about the readout's precisions, through a Bayesian linear
+    regression's evidence (Bishop's PRML section 3.5): the posterior means of log(alpha / beta)
+    and log beta, and the posterior std of log(alpha / beta), per dataset, under flat priors on
+    both logs.
 
     phi_context: [b, c, D] (rows of zeros add nothing), y_context: [b, c], num_context: [] or an
-    int, the points N -> log_ratio [b], log_beta [b] (no gradient).
+    int, the points N >= 2 -> log_ratio, log_beta, log_ratio_std, each [b] (no gradient).
 
     With rho = alpha / beta and A = rho I + Phi^T Phi, the log evidence is
         D/2 log rho + N/2 log beta - beta/2 Q(rho) - 1/2 log det A + const,
-        Q(rho) = y^T y - u^T A^-1 u  (the fit's residual plus rho |w|^2),  u = Phi^T y,
-    so the best beta is N / Q(rho), and what is left is a function of rho alone. With the
-    eigenvalues lambda of Phi^T Phi and u in its eigenbasis it costs O(D) per rho:
-        log p(rho) = D/2 log rho - N/2 log Q(rho) - 1/2 sum_i log(rho + lambda_i) + const,
+        Q(rho) = y^T y - u^T A^-1 u  (the fit's residual plus rho |w|^2),  u = Phi^T y.
+    Given rho, beta's posterior is Gamma(N/2, Q/2) (E log beta = digamma(N/2) - log(Q/2)), and
+    integrating it out leaves rho's posterior
+        log p(rho | y) = D/2 log rho - N/2 log Q(rho) - 1/2 sum_i log(rho + lambda_i) + const,
+    which costs O(D) per rho in the eigenbasis of Phi^T Phi (eigenvalues lambda):
         Q(rho) = y^T y - sum_i u_i^2 / (rho + lambda_i).
     The nonzero eigenvalues are those of the smaller of Phi^T Phi and Phi Phi^T (then, with
-    eigenvectors U, u_i^2 = lambda_i (U_i^T y)^2); the others are zero.
+    eigenvectors U, u_i^2 = lambda_i (U_i^T y)^2); the others are zero. Fewer points than basis
+    functions can often be fitted exactly: then the evidence cannot tell small noise from none,
+    rho's posterior spreads to the grid's floor, and its std says so.
     """
     with torch.no_grad():
         phi_context, y_context = phi_context.double(), y_context.double()
@@ -142,22 +146,14 @@ def evidence_precisions(
         y_squared = rearrange(y_context.square().sum(-1), "b -> b 1")
         residual = y_squared - (rearrange(rotated, "b m -> b 1 m") / shifted).sum(-1)  # Q: [b, G]
         # Q is a difference of near-equal sums on (nearly) noiseless data: keep it positive.
-        floor = 1e-13 * y_squared.clamp_min(1e-30)  # [b, 1]
-        residual = torch.maximum(residual, floor)
-        num_points = torch.as_tensor(num_context, dtype=torch.float64, device=phi_context.device)
+        residual = torch.maximum(residual, 1e-13 * y_squared.clamp_min(1e-30))
+        num_points = torch.as_tensor(num_context, dtype=torch.float64, device=phi_context.device).clamp_min(2)
         log_det = shifted.log().sum(-1) + (num_basis - eigenvalues.shape[-1]) * grid  # log det A: [b, G]
-        log_evidence = 0.5 * num_basis * grid - 0.5 * num_points * residual.log() - 0.5 * log_det
-        best = log_evidence[:, 1:-1].argmax(-1) + 1  # [b]; an inner point, so it has two neighbours
-        below, at, above = (log_evidence.gather(1, rearrange(best + k, "b -> b 1"))[:, 0] for k in (-1, 0, 1))
-        # The vertex of the parabola through the three points, within one grid step of the best.
-        step = grid[1] - grid[0]
-        curvature = (below - 2 * at + above).clamp_max(-1e-12)
-        log_ratio = grid[best] + (step * 0.5 * (below - above) / curvature).clamp(-step, step)
-        # The best beta for that ratio: N / Q.
-        shifted = rearrange(log_ratio.exp(), "b -> b 1") + eigenvalues  # [b, m]
-        best_residual = torch.maximum(y_squared[:, 0] - (rotated / shifted).sum(-1), floor[:, 0])
-        log_beta = (num_points.log() - best_residual.log()).clamp(-MAX_LOG_BETA, MAX_LOG_BETA)
-    return log_ratio, log_beta
+        posterior = torch.softmax(0.5 * num_basis * grid - 0.5 * num_points * residual.log() - 0.5 * log_det, -1)
+        log_ratio = (posterior * grid).sum(-1)
+        log_ratio_std = (posterior * (grid - rearrange(log_ratio, "b -> b 1")).square()).sum(-1).sqrt()
+        log_beta = (posterior * (torch.digamma(num_points / 2) - (residual / 2).log())).sum(-1)
+    return log_ratio, log_beta.clamp(-MAX_LOG_BETA, MAX_LOG_BETA), log_ratio_std
 
 
 class BayesianLinearReadout(nn.Module):
@@ -172,10 +168,10 @@ class BayesianLinearReadout(nn.Module):
         A = (alpha / beta) I + Phi_c^T Phi_c,   loc_q = phi_q^T A^-1 Phi_c^T y_c,
         variance_q = (1 + phi_q^T A^-1 phi_q) / beta.
 
-    With `evidence`, alpha / beta and beta move from the network's guess towards their type-II
-    maximum-likelihood values for the dataset (`evidence_precisions`), by a weight the network
-    reads from the summary: on nearly noiseless data the evidence pins the noise down far more
-    precisely than a guess from a summary token can.
+    With `evidence`, alpha / beta and beta move from the network's guess towards what the
+    regression's evidence says of them on this context (their posterior means,
+    `evidence_precisions`), by a weight the network learns: on nearly noiseless data the evidence
+    pins the noise down far more precisely than a guess from a summary token can.
 
     The solve runs in float64 on [num_basis, num_basis] matrices: nearly noiseless data drive
     alpha / beta, and with it A's conditioning, down by many orders of magnitude. Everything
@@ -194,9 +190,9 @@ class BayesianLinearReadout(nn.Module):
         with torch.no_grad():
             self.log_precisions.bias.copy_(torch.tensor([0.0, INITIAL_LOG_BETA / READOUT_GAIN]))
         # With `evidence`, how far each of log(alpha / beta) and log beta moves from the network's
-        # own value towards the type-II maximum-likelihood one (a weight in (0, 1) per dataset, read
-        # from the summary; zero-initialised: halfway).
-        self.evidence_weight = nn.Linear(emsize, 2) if evidence else None
+        # own value towards the evidence's (a weight in (0, 1) per dataset, read from the summary
+        # and two diagnostics of the evidence; zero-initialised: halfway).
+        self.evidence_weight = nn.Linear(emsize + 2, 2) if evidence else None
         if self.evidence_weight is not None:
             nn.init.zeros_(self.evidence_weight.weight)
             nn.init.zeros_(self.evidence_weight.bias)
@@ -216,7 +212,11 @@ class BayesianLinearReadout(nn.Module):
             phi = self.features(torch.cat([x_context, x_query], dim=1).float(), summary)
             num_context = x_context.shape[1]
             return self.solve(
-                summary, phi[:, :num_context], y_context.float(), phi[:, num_context:], torch.tensor(num_context)
+                summary,
+                phi[:, :num_context],
+                y_context.float(),
+                phi[:, num_context:],
+                torch.tensor(num_context, device=phi.device),
             )
 
     def forward_static(
@@ -250,9 +250,14 @@ class BayesianLinearReadout(nn.Module):
         gram = phi_context.mT @ phi_context  # [b, D, D]
         projection = phi_context.mT @ rearrange(y_context, "b c -> b c 1")  # [b, D, 1]
         if self.evidence_weight is not None:
-            fitted_ratio, fitted_beta = evidence_precisions(phi_context, y_context, num_context)
+            fitted_ratio, fitted_beta, spread = evidence_precisions(phi_context, y_context, num_context)
+            # The weight sees how sharply the evidence speaks (the posterior std of log(alpha /
+            # beta), wide where the context can be fitted exactly) and how many points it has.
+            size = torch.log1p(torch.as_tensor(num_context, dtype=torch.float64, device=summary.device))
+            diagnostics = torch.stack([spread / 10, size.expand_as(spread) / 5], dim=-1).float()  # [b, 2]
+            weight = torch.sigmoid(self.evidence_weight(torch.cat([summary, diagnostics], -1)).double())  # [b, 2]
             # Fewer than two points cannot tell noise from signal: the network's own values then.
-            weight = torch.sigmoid(self.evidence_weight(summary).double()) * (num_context >= 2)  # [b, 2]
+            weight = torch.where(num_context >= 2, weight, torch.zeros_like(weight))
             log_ratio = log_ratio + weight[:, 0] * (fitted_ratio - log_ratio)
             log_beta = log_beta + weight[:, 1] * (fitted_beta - log_beta)
         ratio = torch.exp(log_ratio).clamp_min(MIN_PRIOR_RATIO)  # [b]
