@@ -98,6 +98,7 @@ MIN_PRIOR_RATIO = 1e-9  # alpha / beta is at least this: A stays well conditione
 # `readout_evidence` puts a posterior on log(alpha / beta) over this many points of
 # [log MIN_PRIOR_RATIO, MAX_LOG_ALPHA + MAX_LOG_BETA] (steps of 0.11).
 EVIDENCE_GRID_POINTS = 512
+INITIAL_EVIDENCE_LOGIT = -2.0
 
 
 def evidence_precisions(
@@ -190,12 +191,14 @@ class BayesianLinearReadout(nn.Module):
         with torch.no_grad():
             self.log_precisions.bias.copy_(torch.tensor([0.0, INITIAL_LOG_BETA / READOUT_GAIN]))
         # With `evidence`, how far each of log(alpha / beta) and log beta moves from the network's
-        # own value towards the evidence's (a weight in (0, 1) per dataset, read from the summary
-        # and two diagnostics of the evidence; zero-initialised: halfway).
+        # own value towards the evidence's: a weight in (0, 1) per dataset, read from the summary
+        # and two diagnostics of the evidence (its logit multiplied by READOUT_GAIN, so that one
+        # weight can move it by several units in a few thousand steps). It starts at 0.12 for every
+        # dataset, near the network's own values.
         self.evidence_weight = nn.Linear(emsize + 2, 2) if evidence else None
         if self.evidence_weight is not None:
             nn.init.zeros_(self.evidence_weight.weight)
-            nn.init.zeros_(self.evidence_weight.bias)
+            nn.init.constant_(self.evidence_weight.bias, INITIAL_EVIDENCE_LOGIT / READOUT_GAIN)
 
     def features(self, x: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         # x: [b, n, max_features] padded, summary: [b, e] normed -> phi [b, n, num_basis]
@@ -254,8 +257,9 @@ class BayesianLinearReadout(nn.Module):
             # The weight sees how sharply the evidence speaks (the posterior std of log(alpha /
             # beta), wide where the context can be fitted exactly) and how many points it has.
             size = torch.log1p(torch.as_tensor(num_context, dtype=torch.float64, device=summary.device))
-            diagnostics = torch.stack([spread / 10, size.expand_as(spread) / 5], dim=-1).float()  # [b, 2]
-            weight = torch.sigmoid(self.evidence_weight(torch.cat([summary, diagnostics], -1)).double())  # [b, 2]
+            diagnostics = torch.stack([spread, size.expand_as(spread)], dim=-1).float()  # [b, 2]
+            logit = READOUT_GAIN * self.evidence_weight(torch.cat([summary, diagnostics], -1)).double()
+            weight = torch.sigmoid(logit)  # [b, 2]
             # Fewer than two points cannot tell noise from signal: the network's own values then.
             weight = torch.where(num_context >= 2, weight, torch.zeros_like(weight))
             log_ratio = log_ratio + weight[:, 0] * (fitted_ratio - log_ratio)
