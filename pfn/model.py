@@ -192,10 +192,10 @@ class BayesianLinearReadout(nn.Module):
             self.log_precisions.bias.copy_(torch.tensor([0.0, INITIAL_LOG_BETA / READOUT_GAIN]))
         # With `evidence`, how far each of log(alpha / beta) and log beta moves from the network's
         # own value towards the evidence's: a weight in (0, 1) per dataset, read from the summary
-        # and two diagnostics of the evidence (its logit multiplied by READOUT_GAIN, so that one
+        # and four diagnostics of the evidence (its logit multiplied by READOUT_GAIN, so that one
         # weight can move it by several units in a few thousand steps). It starts at 0.12 for every
         # dataset, near the network's own values.
-        self.evidence_weight = nn.Linear(emsize + 2, 2) if evidence else None
+        self.evidence_weight = nn.Linear(emsize + 4, 2) if evidence else None
         if self.evidence_weight is not None:
             nn.init.zeros_(self.evidence_weight.weight)
             nn.init.constant_(self.evidence_weight.bias, INITIAL_EVIDENCE_LOGIT / READOUT_GAIN)
@@ -255,9 +255,12 @@ class BayesianLinearReadout(nn.Module):
         if self.evidence_weight is not None:
             fitted_ratio, fitted_beta, spread = evidence_precisions(phi_context, y_context, num_context)
             # The weight sees how sharply the evidence speaks (the posterior std of log(alpha /
-            # beta), wide where the context can be fitted exactly) and how many points it has.
+            # beta), wide where the context can be fitted exactly), how many points it has, and
+            # how far it is from the network's guess (a few points of a rough function can be
+            # fitted exactly by smooth features: the evidence then finds no noise, wrongly).
             size = torch.log1p(torch.as_tensor(num_context, dtype=torch.float64, device=summary.device))
-            diagnostics = torch.stack([spread, size.expand_as(spread)], dim=-1).float()  # [b, 2]
+            distance = [(fitted_ratio - log_ratio.detach()) / 10, (fitted_beta - log_beta.detach()) / 10]
+            diagnostics = torch.stack([spread, size.expand_as(spread), *distance], dim=-1).float()  # [b, 4]
             logit = READOUT_GAIN * self.evidence_weight(torch.cat([summary, diagnostics], -1)).double()
             weight = torch.sigmoid(logit)  # [b, 2]
             # Fewer than two points cannot tell noise from signal: the network's own values then.

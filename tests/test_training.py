@@ -465,7 +465,7 @@ def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
         module.zero_grad(), static.zero_grad()
         loss, static_loss = module.loss(batch), static.loss(batch)
         loss.backward(), static_loss.backward()
-        assert torch.allclose(loss, static_loss, atol=1e-3 if evidence else 1e-5)
+        assert torch.allclose(loss, static_loss, atol=1e-3 if evidence else 1e-5, rtol=1e-4 if evidence else 1e-5)
         if evidence:
             gradient, static_gradient = (
                 torch.cat([p.grad.flatten() for p in m.parameters()]) for m in (module, static)
