@@ -10,8 +10,9 @@
 # 3. `gp` and `gp_hyper` continued from the shipped models, at once, for what is left of
 #    TOTAL_SECONDS (float32 with exact targets; CUDA graphs by default now). `gp_hyper` has a
 #    linear readout already, with model.readout_evidence, whose eigendecomposition keeps it off
-#    CUDA graphs (compiled without them; never yet run on a GPU); `gp` gains one (256 basis functions: in 50 CPU minutes it helped in
-#    1 feature and not yet in 5, benchmarks/results/linear-readout-2026-11-27.md), so compare the
+#    CUDA graphs (compiled without them; never yet run on a GPU); `gp` gains one (256 basis
+#    functions: in 50 CPU minutes it helped in 1 feature and not yet in 5,
+#    benchmarks/results/linear-readout-2026-11-27.md), so compare the
 #    result with `pfn compare` before shipping it. Override their arguments with EXTRA_ARGS_gp /
 #    EXTRA_ARGS_gp_hyper, or leave training out with SKIP_TRAINING=1.
 #

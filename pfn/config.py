@@ -59,8 +59,8 @@ class ModelConfig:
     # off by 1e-3..5e-3; benchmarks/results/gp-hyper-precision-2026-11-27.md).
     linear_readout: int = 0
     # With linear_readout: move the readout's prior and noise precisions from the network's guess
-    # towards their type-II maximum-likelihood values on each context (the Bayesian linear
-    # regression's evidence, maximised exactly per dataset), by a weight the network learns.
+    # towards their posterior means under each context's evidence (the Bayesian linear
+    # regression's, computed exactly per dataset), by a weight the network learns.
     # It uses an eigendecomposition that synchronises with the host, so a CUDA GPU trains it
     # compiled but without CUDA graphs.
     readout_evidence: bool = False

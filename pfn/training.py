@@ -324,7 +324,7 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     Every `model.*` setting must match, except gaining `learned_temperature` (its new layer starts
     at temperature 1, so predictions are unchanged at the start), gaining `linear_readout` (the
     transformer is kept, the output layer and buckets start afresh), gaining `readout_evidence`
-    (its new weights start halfway between the readout's guess and the evidence's fit) and `num_buckets`: with another
+    (its new weight starts at 0.12, near the readout's own guess) and `num_buckets`: with another
     number of buckets the borders are placed for this config and the output layer is rebuilt to
     give the model's own predictive distribution on them (`rebucket_output_layer`); with the same
     number the model's own borders are kept, since its output layer was trained on them. Returns

@@ -251,7 +251,7 @@ def test_evidence_precisions_follow_the_marginal_likelihood(points, basis, noise
 
 
 def test_readout_evidence_moves_the_precisions_by_the_learned_weight():
-    """Weight 0 is the network's own guess; weight 1 the type-II maximum-likelihood fit; fewer than
+    """Weight 0 is the network's own guess; weight 1 the evidence's posterior means; fewer than
     two context points leave the guess alone."""
     torch.manual_seed(0)
     readout = BayesianLinearReadout(max_features=3, emsize=32, num_basis=8, evidence=True)

@@ -453,7 +453,7 @@ def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
     if config.model.learned_temperature:  # away from zero, so the temperature takes part
         torch.nn.init.normal_(module.backbone.log_temperature.weight, std=0.1)
         static.load_state_dict(module.state_dict())
-    # The evidence's optimum moves with the float32 rounding of the features, which differs
+    # The evidence's posterior moves with the float32 rounding of the features, which differs
     # between the two shapes (on nearly noiseless data, by ~1e-3 in log alpha / beta), and a
     # scale that moves by that much moves some z across a bucket border: there the loss and the
     # gradient as a whole are compared.
