@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +31,7 @@ def borders_from_samples(y: torch.Tensor, num_buckets: int) -> torch.Tensor:
 
 
 def rebucket_output_layer(
-    layer: nn.Linear, old_borders: torch.Tensor, new_borders: torch.Tensor
+    layer: nn.Linear, old_borders: torch.Tensor, new_borders: torch.Tensor, min_share: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of an output layer over `new_borders` that reproduces the bar distribution
     `layer` gives over `old_borders`.
@@ -39,6 +40,11 @@ def rebucket_output_layer(
     the share of that bucket's mass that falls in j (its width over the old width, or the tail's
     half-normal mass). Exact where new buckets nest inside old ones; a new bucket straddling an old
     border takes the left/right mass as if both old buckets were equally likely.
+
+    `min_share` floors each share: new buckets far beyond the old borders would otherwise start
+    dozens of nats down (the old half-normal tail's mass out there), too deep for training to
+    lift them in a reasonable number of steps. It adds at most min_share times an old tail's mass
+    per new bucket.
     """
     old_borders, new_borders = old_borders.double(), new_borders.double()
     num_old = len(old_borders) - 1
@@ -50,15 +56,19 @@ def rebucket_output_layer(
     source = torch.searchsorted(old_borders[1:-1].contiguous(), midpoints.contiguous(), right=True)
     tiny = torch.finfo(torch.float32).tiny
     weight = layer.weight.detach()[source]
-    bias = layer.bias.detach()[source] + torch.log(share.clamp_min(tiny)).to(layer.bias.dtype)
+    bias = layer.bias.detach()[source] + torch.log(share.clamp_min(max(min_share, tiny))).to(layer.bias.dtype)
     return weight, bias
 
 
-def standard_normal_borders(num_buckets: int) -> torch.Tensor:
-    """Borders of `num_buckets` buckets of equal standard-normal mass between its quantiles
+def readout_borders(num_buckets: int, tail_dof: float | None = None) -> torch.Tensor:
+    """Borders of `num_buckets` buckets over z of equal mass under the standard normal (or, with
+    `tail_dof`, a unit-scale Student-t with that many degrees of freedom) between its quantiles
     1 / (2 num_buckets) and 1 - 1 / (2 num_buckets): [num_buckets + 1]."""
     edge = 0.5 / num_buckets
-    return torch.special.ndtri(torch.linspace(edge, 1 - edge, num_buckets + 1, dtype=torch.float64)).float()
+    levels = torch.linspace(edge, 1 - edge, num_buckets + 1, dtype=torch.float64)
+    if tail_dof is None:
+        return torch.special.ndtri(levels).float()
+    return torch.from_numpy(scipy.stats.t.ppf(levels.numpy(), tail_dof)).float()
 
 
 def normal_bucket_probs(normal: torch.distributions.Normal, borders: torch.Tensor) -> torch.Tensor:
@@ -123,7 +133,7 @@ def bucket_expected_nll(
 class LocationScaleHead(RiemannHead):
     """Regression head of a backbone with a linear readout (`model.linear_readout`): per query,
     the last two outputs are a location and a log scale, the others the logits of a bar
-    distribution over z = (y - loc) / scale on fixed standard-normal buckets. The predictive is
+    distribution over z = (y - loc) / scale on fixed buckets (`readout_borders`). The predictive is
     loc + scale * z.
 
     The bar distribution's density is flat within a bucket, so its likelihood gives loc no

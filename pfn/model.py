@@ -99,6 +99,7 @@ MIN_PRIOR_RATIO = 1e-9  # alpha / beta is at least this: A stays well conditione
 # [log MIN_PRIOR_RATIO, MAX_LOG_ALPHA + MAX_LOG_BETA] (steps of 0.11).
 EVIDENCE_GRID_POINTS = 512
 INITIAL_EVIDENCE_LOGIT = -2.0
+MAX_LOG_INPUT_SCALE = 4.0  # the readout's per-dataset input scales stay in [e^-4, e^4]
 
 
 def evidence_precisions(
@@ -180,10 +181,20 @@ class BayesianLinearReadout(nn.Module):
     context and the queries to float32 precision.
     """
 
-    def __init__(self, max_features: int, emsize: int, num_basis: int, evidence: bool = False) -> None:
+    def __init__(
+        self, max_features: int, emsize: int, num_basis: int, evidence: bool = False, input_scale: bool = False
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(emsize)
         self.from_x = nn.Linear(max_features, emsize)
+        # With `input_scale`, x is multiplied per dataset and feature by exp(s(summary)) before the
+        # basis functions see it: an added summary can move where a GELU bends but not how fast the
+        # features vary in x, and a GP's lengthscale varies 10x between datasets of one prior.
+        # Zero-initialised (scale 1), so a model that gains it starts out unchanged.
+        self.log_input_scale = nn.Linear(emsize, max_features) if input_scale else None
+        if self.log_input_scale is not None:
+            nn.init.zeros_(self.log_input_scale.weight)
+            nn.init.zeros_(self.log_input_scale.bias)
         self.from_summary = nn.Linear(emsize, emsize)
         self.basis = nn.Sequential(nn.GELU(), nn.Linear(emsize, emsize), nn.GELU(), nn.Linear(emsize, num_basis))
         self.log_precisions = nn.Linear(emsize, 2)  # log alpha, log beta (divided by READOUT_GAIN)
@@ -202,6 +213,9 @@ class BayesianLinearReadout(nn.Module):
 
     def features(self, x: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         # x: [b, n, max_features] padded, summary: [b, e] normed -> phi [b, n, num_basis]
+        if self.log_input_scale is not None:
+            raw = READOUT_GAIN * self.log_input_scale(summary)  # [b, max_features]
+            x = x * rearrange(torch.exp(MAX_LOG_INPUT_SCALE * torch.tanh(raw / MAX_LOG_INPUT_SCALE)), "b f -> b 1 f")
         return self.basis(self.from_x(x) + rearrange(self.from_summary(summary), "b e -> b 1 e"))
 
     def forward(
@@ -303,6 +317,7 @@ class PFNTransformer(nn.Module):
         x_encoder: str = "linear",
         linear_readout: int = 0,
         readout_evidence: bool = False,
+        readout_input_scale: bool = False,
     ) -> None:
         super().__init__()
         self.max_features = max_features
@@ -328,10 +343,12 @@ class PFNTransformer(nn.Module):
             nn.init.zeros_(self.log_temperature.weight)
             nn.init.zeros_(self.log_temperature.bias)
         # With a linear readout the logits are a bar distribution over z = (y - loc) / scale; a
-        # zero output layer starts them uniform over the head's standard-normal buckets, so the
+        # zero output layer starts them uniform over the head's equal-mass buckets, so the
         # predictive starts as the readout's own Gaussian.
         self.linear_readout = (
-            BayesianLinearReadout(max_features, emsize, linear_readout, readout_evidence) if linear_readout else None
+            BayesianLinearReadout(max_features, emsize, linear_readout, readout_evidence, readout_input_scale)
+            if linear_readout
+            else None
         )
         if self.linear_readout is not None:
             nn.init.zeros_(self.decoder[-1].weight)

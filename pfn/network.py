@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pfn.config import ModelConfig
-from pfn.heads import CategoricalHead, LocationScaleHead, RiemannHead, standard_normal_borders
+from pfn.heads import CategoricalHead, LocationScaleHead, RiemannHead, readout_borders
 from pfn.model import PFNTransformer
 
 
@@ -24,6 +24,7 @@ def build_backbone(model: ModelConfig) -> PFNTransformer:
         x_encoder=model.x_encoder,
         linear_readout=model.linear_readout,
         readout_evidence=model.readout_evidence,
+        readout_input_scale=model.readout_input_scale,
     )
 
 
@@ -35,7 +36,9 @@ def build_head(
         return CategoricalHead(model.num_classes)
     if model.linear_readout:
         # Buckets over z = (y - loc) / scale: fixed, not placed from the prior.
-        return LocationScaleHead(standard_normal_borders(model.num_buckets) if borders is None else borders)
+        if borders is None:
+            borders = readout_borders(model.num_buckets, model.readout_tail_dof)
+        return LocationScaleHead(borders)
     if borders is None:
         borders = torch.zeros(model.num_buckets + 1)
     return RiemannHead(borders)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pfn.checkpoint import file_sha256
 from pfn.config import Config, resolve_speed, training_device_type
 from pfn.exact_targets import check_exact_targets, exact_targets
-from pfn.heads import borders_from_samples, rebucket_output_layer
+from pfn.heads import borders_from_samples, readout_borders, rebucket_output_layer
 from pfn.model import pad_features
 from pfn.network import build_backbone, build_head
 from pfn.scaling import context_standardization
@@ -317,6 +317,12 @@ def next_stream(config: Config, source: Config) -> Config:
     return moved
 
 
+# Rebucketing a trained output layer floors each new bucket's share of its old bucket at this
+# (`rebucket_output_layer`): heavier readout tails (model.readout_tail_dof) put buckets out to
+# |z| = 22 where the old half-normal tail had ~1e-26 of its mass.
+REBUCKET_MIN_SHARE = 1e-3
+
+
 def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     """Copy a trained model's weights into `module` before training: to train a shipped model
     further (a new warm-up + cosine schedule) or to fine-tune it on another prior.
@@ -324,11 +330,13 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     Every `model.*` setting must match, except gaining `learned_temperature` (its new layer starts
     at temperature 1, so predictions are unchanged at the start), gaining `linear_readout` (the
     transformer is kept, the output layer and buckets start afresh), gaining `readout_evidence`
-    (its new weight starts at 0.12, near the readout's own guess) and `num_buckets`: with another
+    (its new weight starts at 0.12, near the readout's own guess), gaining `readout_input_scale`
+    (its scales start at 1: predictions unchanged) and `num_buckets`: with another
     number of buckets the borders are placed for this config and the output layer is rebuilt to
     give the model's own predictive distribution on them (`rebucket_output_layer`); with the same
-    number the model's own borders are kept, since its output layer was trained on them. Returns
-    what was loaded, for the exported model's metadata.
+    number the model's own borders are kept, since its output layer was trained on them; the same
+    for another `readout_tail_dof` of a readout's buckets. Returns what was loaded, for the
+    exported model's metadata.
     """
     ours, theirs = module.config, source.config
     name_or_path = ours.train.init_from  # as the user wrote it, for the error messages
@@ -341,6 +349,8 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
         and not (field.name == "learned_temperature" and ours.model.learned_temperature)
         and not (field.name == "linear_readout" and gains_readout)
         and not (field.name == "readout_evidence" and ours.model.readout_evidence)
+        and not (field.name == "readout_input_scale" and ours.model.readout_input_scale)
+        and field.name != "readout_tail_dof"  # a rebucketing, as num_buckets
     ]
     if differing:
         raise ValueError(f"train.init_from {name_or_path!r} has another architecture: {', '.join(differing)}")
@@ -359,19 +369,25 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
         key for key, value in module.backbone.state_dict().items() if key in state and state[key].shape != value.shape
     ]
     module.backbone.load_state_dict({key: value for key, value in state.items() if key not in resized}, strict=False)
-    # (A gained readout keeps its head's standard-normal buckets.)
-    if ours.model.head == "riemann" and not gains_readout and not resized:
-        module.head.borders.copy_(source.head.borders)  # `setup` keeps borders that are already set
-    elif ours.model.head == "riemann" and not gains_readout:
-        # New buckets: place them for this config, and start the output layer where it gives the
-        # model's own predictive distribution on them, so training continues rather than restarts.
-        borders = prior_borders(module.prior, ours)
-        module.head.borders.copy_(borders)
-        output = module.backbone.decoder[-1]
-        weight, bias = rebucket_output_layer(source.backbone.decoder[-1], source.head.borders, borders)
-        with torch.no_grad():
-            output.weight.copy_(weight)
-            output.bias.copy_(bias)
+    # (A gained readout keeps its head's fresh buckets.)
+    if ours.model.head == "riemann" and not gains_readout:
+        # The borders the output layer was trained on, unless this config places others (another
+        # number of buckets, or other readout tails): then the output layer starts where it gives
+        # the model's own predictive distribution on the new ones, so training continues rather
+        # than restarts.
+        if ours.model.linear_readout:
+            borders = readout_borders(ours.model.num_buckets, ours.model.readout_tail_dof)
+        else:
+            borders = prior_borders(module.prior, ours) if resized else source.head.borders
+        module.head.borders.copy_(borders)  # `setup` keeps borders that are already set
+        if not torch.equal(borders, source.head.borders):
+            weight, bias = rebucket_output_layer(
+                source.backbone.decoder[-1], source.head.borders, borders, min_share=REBUCKET_MIN_SHARE
+            )
+            output = module.backbone.decoder[-1]
+            with torch.no_grad():
+                output.weight.copy_(weight)
+                output.bias.copy_(bias)
     print(f"initialised from {source.path}" + (f"; rebucketed: {', '.join(resized)}" if resized else ""), flush=True)
     return {
         "path": str(source.path),

@@ -10,7 +10,7 @@ import pfn
 from pfn.config import load_config
 from pfn.distributions import CategoricalDistribution, RiemannDistribution
 from pfn.exact_targets import exact_targets
-from pfn.heads import CategoricalHead, LocationScaleHead, RiemannHead, normal_bucket_probs, standard_normal_borders
+from pfn.heads import CategoricalHead, LocationScaleHead, RiemannHead, normal_bucket_probs, readout_borders
 from pfn.scaling import context_standardization
 from pfn.training import PFNModule, draw_training_batch, train
 from priors import build_prior
@@ -35,7 +35,7 @@ def test_location_scale_expected_loss_is_the_mean_loss_over_draws():
     """Both parts of the location-scale loss (the readout's Gaussian NLL and the shape's NLL):
     the closed form over a Normal target equals the average over its draws."""
     torch.manual_seed(0)
-    head = LocationScaleHead(standard_normal_borders(200))
+    head = LocationScaleHead(readout_borders(200))
     loc, log_scale = torch.tensor([0.3, -1.0, 0.0]), torch.tensor([-2.0, 0.5, 0.0])
     logits = torch.cat([0.5 * torch.randn(3, 200), loc[:, None], log_scale[:, None]], dim=-1)
     # Targets near the readout's location, so that almost no mass reaches the tail buckets.

@@ -77,6 +77,37 @@ def test_rebucketed_output_layer_gives_the_same_distribution():
     assert torch.allclose(new.cdf(points), old.cdf(points), atol=1e-5)
 
 
+def test_readout_borders_hold_equal_mass_and_reach_further_with_heavier_tails():
+    import scipy.stats
+
+    from pfn.heads import readout_borders
+
+    normal, heavy = readout_borders(1000), readout_borders(1000, tail_dof=3.0)
+    assert normal.shape == heavy.shape == (1001,)
+    for borders, cdf in ((normal, scipy.stats.norm.cdf), (heavy, lambda z: scipy.stats.t.cdf(z, 3.0))):
+        mass = torch.diff(torch.from_numpy(cdf(borders.double().numpy())))
+        assert torch.allclose(mass, torch.full_like(mass, 0.999 / 1000), rtol=1e-3)
+        assert torch.allclose(borders, -borders.flip(0), atol=1e-5)  # symmetric about z = 0
+    assert normal[-1] == pytest.approx(3.29, abs=0.01)  # the normal's 0.9995 quantile
+    assert heavy[-1] == pytest.approx(12.92, abs=0.01)  # Student-t(3)'s
+    # Many degrees of freedom: the normal's buckets again.
+    assert torch.allclose(readout_borders(1000, tail_dof=1e6), normal, atol=1e-3)
+
+
+def test_readout_input_scale_multiplies_x_per_dataset_and_feature():
+    torch.manual_seed(0)
+    plain = BayesianLinearReadout(max_features=3, emsize=16, num_basis=8)
+    scaled = BayesianLinearReadout(max_features=3, emsize=16, num_basis=8, input_scale=True)
+    scaled.load_state_dict(plain.state_dict(), strict=False)
+    x, summary = torch.rand(2, 5, 3), torch.randn(2, 16)
+    torch.testing.assert_close(scaled.features(x, summary), plain.features(x, summary))  # scales start at 1
+    with torch.no_grad():
+        scaled.log_input_scale.bias.copy_(torch.tensor([0.1, -0.05, 0.0]))  # x READOUT_GAIN: 1, -0.5, 0
+    log_scale = 4 * torch.tanh(torch.tensor([1.0, -0.5, 0.0]) / 4)  # softly bounded by MAX_LOG_INPUT_SCALE
+    expected = plain.features(x * log_scale.exp(), summary)
+    torch.testing.assert_close(scaled.features(x, summary), expected)
+
+
 @pytest.mark.parametrize("num_context", [0, 1, 4, 6])
 @pytest.mark.parametrize("kind", ["regression", "classification"])
 def test_static_shape_forward_predicts_what_forward_does(num_context, kind):

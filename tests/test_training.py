@@ -11,7 +11,7 @@ import pfn
 from pfn.checkpoint import read_checkpoint
 from pfn.config import TrainConfig, load_config, resolve_speed
 from pfn.estimators import PFNRegressor
-from pfn.heads import LocationScaleHead, standard_normal_borders
+from pfn.heads import LocationScaleHead, readout_borders
 from pfn.model import MAX_LOG_TEMPERATURE, TEMPERATURE_GAIN
 from pfn.training import PFNModule, compile_backbone, draw_training_batch, next_stream, train
 from priors import GPPrior, build_prior
@@ -389,7 +389,7 @@ def test_linear_readout_trains_and_round_trips(tmp_path):
     untrained = pfn.load(train(tiny_config(tmp_path / "u", *config, "--train.max_steps", "1")))
     model = pfn.load(train(tiny_config(tmp_path / "t", *config)))
     assert isinstance(model.head, LocationScaleHead)
-    assert torch.equal(model.head.borders, standard_normal_borders(model.config.model.num_buckets))
+    assert torch.equal(model.head.borders, readout_borders(model.config.model.num_buckets))
     assert held_out_nll(model) < held_out_nll(untrained) - 0.3
     # In the caller's units: the predictive moves with y's units, its buckets placed per query.
     rng = torch.Generator().manual_seed(0)
@@ -404,6 +404,30 @@ def test_linear_readout_trains_and_round_trips(tmp_path):
     torch.testing.assert_close(estimated, dist.median, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="n_ensemble=2 needs a model whose buckets are shared"):
         PFNRegressor(model=str(model.path), n_ensemble=2).fit(x_context.numpy(), y_context.numpy())
+    # Heavier readout tails through init_from: Student-t buckets, and an output layer rebuilt to
+    # give the model's own predictive on them within the old borders. Beyond them the floored
+    # shares of the new buckets (`REBUCKET_MIN_SHARE`) can only lower the NLL of far targets.
+    init = ("--train.init_from", str(model.path), "--train.max_steps", "1", "--train.lr", "1e-12")
+    # (Finer new buckets, which split the old ones nearly evenly: a new bucket straddling an old
+    # border gets an approximate share.)
+    heavy = ("--model.readout_tail_dof", "3", "--model.num_buckets", "500")
+    heavier = pfn.load(train(tiny_config(tmp_path / "h", *config, *init, *heavy)))
+    assert torch.equal(heavier.head.borders, readout_borders(500, 3.0))
+    assert heavier.head.borders[-1] > model.head.borders[-1] + 7  # 10.2 against 2.3
+    levels = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])[:, None]
+    rebucketed = heavier.predict(x_context, y_context, x_query).icdf(levels)
+    torch.testing.assert_close(rebucketed, dist.icdf(levels), atol=0.02, rtol=0)  # y ~ N(0, 1)
+    assert held_out_nll(heavier) < held_out_nll(model) + 1e-3
+    # Gaining per-dataset input scales: they start at 1, so the predictive is unchanged.
+    scaled = pfn.load(train(tiny_config(tmp_path / "s", *config, *init, "--model.readout_input_scale", "true")))
+    assert scaled.backbone.linear_readout.log_input_scale is not None
+    torch.testing.assert_close(scaled.predict(x_context, y_context, x_query).icdf(levels), dist.icdf(levels))
+    with pytest.raises(ValueError, match="readout_input_scale scales the linear readout's inputs"):
+        tiny_config(tmp_path / "d", "--model.readout_input_scale", "true")
+    with pytest.raises(ValueError, match="readout_tail_dof places the linear readout's z buckets"):
+        tiny_config(tmp_path / "d", "--model.readout_tail_dof", "3")
+    with pytest.raises(ValueError, match="degrees of freedom > 0, got -1"):
+        tiny_config(tmp_path / "d", *config, "--model.readout_tail_dof", "-1")
     with pytest.raises(ValueError, match="linear_readout must be >= 0"):
         tiny_config(tmp_path / "n", "--model.linear_readout", "-1")
     with pytest.raises(ValueError, match="linear_readout places a regression predictive"):
@@ -427,7 +451,7 @@ def test_init_from_can_gain_a_linear_readout(tmp_path, tiny_model_path, evidence
     # The output layer starts afresh on the head's standard-normal buckets: z uniform over them,
     # so the predictive starts as the readout's own Gaussian (its median at loc).
     assert not ours["decoder.2.weight"].abs().max() > 1e-6
-    assert torch.equal(gained.head.borders, standard_normal_borders(gained.config.model.num_buckets))
+    assert torch.equal(gained.head.borders, readout_borders(gained.config.model.num_buckets))
     batch = GPPrior().sample(4, 20, 2, torch.Generator().manual_seed(5))
     with torch.no_grad():
         outputs = gained.backbone(batch.x[:, :12], batch.y[:, :12], batch.x[:, 12:])
@@ -442,6 +466,7 @@ def test_init_from_can_gain_a_linear_readout(tmp_path, tiny_model_path, evidence
         ["--prior", "{name: gmm}", "--model.head", "categorical"],
         ["--model.linear_readout", "8", "--data.standardize_y", "true"],
         ["--model.linear_readout", "8", "--model.readout_evidence", "true", "--data.standardize_y", "true"],
+        ["--model.linear_readout", "8", "--model.readout_input_scale", "true", "--data.standardize_y", "true"],
     ],
 )
 def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
@@ -452,6 +477,9 @@ def test_static_shapes_give_the_same_loss_and_gradients(tmp_path, extra):
     static.load_state_dict(module.state_dict())
     if config.model.learned_temperature:  # away from zero, so the temperature takes part
         torch.nn.init.normal_(module.backbone.log_temperature.weight, std=0.1)
+        static.load_state_dict(module.state_dict())
+    if config.model.readout_input_scale:  # away from one, so the scales take part
+        torch.nn.init.normal_(module.backbone.linear_readout.log_input_scale.weight, std=0.01)
         static.load_state_dict(module.state_dict())
     # The evidence's posterior moves with the float32 rounding of the features, which differs
     # between the two shapes (on nearly noiseless data, by ~1e-3 in log alpha / beta), and a
