@@ -43,8 +43,8 @@ def rebucket_output_layer(
 
     `min_share` floors each share: new buckets far beyond the old borders would otherwise start
     dozens of nats down (the old half-normal tail's mass out there), too deep for training to
-    lift them in a reasonable number of steps. It adds at most min_share times an old tail's mass
-    per new bucket.
+    lift them in a reasonable number of steps. It adds at most min_share times its old bucket's
+    mass per new bucket.
     """
     old_borders, new_borders = old_borders.double(), new_borders.double()
     num_old = len(old_borders) - 1

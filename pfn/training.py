@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from pfn.checkpoint import file_sha256
 from pfn.config import Config, resolve_speed, training_device_type
 from pfn.exact_targets import check_exact_targets, exact_targets
-from pfn.heads import borders_from_samples, readout_borders, rebucket_output_layer
+from pfn.heads import borders_from_samples, rebucket_output_layer
 from pfn.model import pad_features
 from pfn.network import build_backbone, build_head
 from pfn.scaling import context_standardization
@@ -318,8 +318,8 @@ def next_stream(config: Config, source: Config) -> Config:
 
 
 # Rebucketing a trained output layer floors each new bucket's share of its old bucket at this
-# (`rebucket_output_layer`): heavier readout tails (model.readout_tail_dof) put buckets out to
-# |z| = 22 where the old half-normal tail had ~1e-26 of its mass.
+# (`rebucket_output_layer`): heavier readout tails (model.readout_tail_dof 3) put buckets out to
+# |z| = 13 (1,000 buckets) where the old half-normal tail had ~1e-26 of its mass.
 REBUCKET_MIN_SHARE = 1e-3
 
 
@@ -376,7 +376,7 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
         # the model's own predictive distribution on the new ones, so training continues rather
         # than restarts.
         if ours.model.linear_readout:
-            borders = readout_borders(ours.model.num_buckets, ours.model.readout_tail_dof)
+            borders = module.head.borders.clone()  # fixed by the config (`build_head`)
         else:
             borders = prior_borders(module.prior, ours) if resized else source.head.borders
         module.head.borders.copy_(borders)  # `setup` keeps borders that are already set
