@@ -11,7 +11,7 @@
 #    TOTAL_SECONDS (float32 with exact targets; CUDA graphs by default now). `gp_hyper` has a
 #    linear readout already, with model.readout_evidence, whose eigendecomposition keeps it off
 #    CUDA graphs (compiled without them; never yet run on a GPU); `gp` gains one (256 basis
-#    functions: in 50 CPU minutes it helped in 1 feature and not yet in 5,
+#    functions and 1,000 z buckets, as gp_hyper: in 50 CPU minutes it helped in 1 feature and not yet in 5,
 #    benchmarks/results/linear-readout-2026-11-27.md), so compare the
 #    result with `pfn compare` before shipping it. Override their arguments with EXTRA_ARGS_gp /
 #    EXTRA_ARGS_gp_hyper, or leave training out with SKIP_TRAINING=1.
@@ -48,6 +48,6 @@ if [ "$LEFT" -lt 150 ]; then
 fi
 python3 -m pfn.cli models gp_hyper --write-config runs/gp_hyper-shipped.yaml > /dev/null  # 4 x 128, not the config's 6 x 256
 SKIP_THROUGHPUT=1 SKIP_LC=1 CONFIG_gp_hyper=runs/gp_hyper-shipped.yaml OUT="$OUT/train" \
-    EXTRA_ARGS_gp="${EXTRA_ARGS_gp:---train.init_from gp --model.linear_readout 256 --train.lr 1e-4 --train.warmup_steps 100 --train.precision 32-true $READOUT_SPEED --seed $START}" \
+    EXTRA_ARGS_gp="${EXTRA_ARGS_gp:---train.init_from gp --model.linear_readout 256 --model.num_buckets 1000 --train.lr 1e-4 --train.warmup_steps 100 --train.precision 32-true $READOUT_SPEED --seed $START}" \
     EXTRA_ARGS_gp_hyper="${EXTRA_ARGS_gp_hyper:---train.init_from gp_hyper --data.batch_size 128 --train.lr 1e-4 --train.warmup_steps 50 --train.precision 32-true --train.exact_targets true $READOUT_SPEED --seed $((START + 1))}" \
     bash benchmarks/train_shipped.sh "$LEFT" gp gp_hyper
