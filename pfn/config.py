@@ -56,13 +56,13 @@ class ModelConfig:
     # the buckets describe the predictive's shape while its location comes from a solve that is
     # linear in y. For priors whose exact predictive is far sharper than a network can place a
     # bucket (gp_hyper: std 3e-4..1e-2 of the context's std, where the plain model's location is
-    # off by 1e-3..5e-3; benchmarks/results/gp-hyper-precision-2026-11-27.md).
+    # off by 1e-3..5e-3; benchmarks/results/gp-hyper-precision-2026-11-27.md). Its batched
+    # Cholesky solves cannot be captured in a CUDA graph, so a CUDA GPU trains such a model
+    # compiled without CUDA graphs.
     linear_readout: int = 0
     # With linear_readout: move the readout's prior and noise precisions from the network's guess
     # towards their posterior means under each context's evidence (the Bayesian linear
     # regression's, computed exactly per dataset), by a weight the network learns.
-    # It uses an eigendecomposition that synchronises with the host, so a CUDA GPU trains it
-    # compiled but without CUDA graphs.
     readout_evidence: bool = False
     # With linear_readout: place the buckets over z = (y - loc) / scale at equal-mass quantiles of
     # a Student-t with this many degrees of freedom instead of the standard normal (None). Standard
@@ -225,10 +225,11 @@ class Config:
             raise ValueError(
                 "model.readout_input_scale scales the linear readout's inputs; it needs model.linear_readout > 0"
             )
-        if self.model.readout_evidence and self.train.compile_mode == "reduce-overhead":
+        if self.model.linear_readout and self.train.compile_mode == "reduce-overhead":
             raise ValueError(
-                "model.readout_evidence cannot run in a CUDA graph (its eigendecomposition synchronises with the "
-                "host): use train.compile_mode auto or default"
+                "model.linear_readout cannot run in a CUDA graph (its batched Cholesky solves are not capturable, "
+                "and readout_evidence's eigendecomposition synchronises with the host): use train.compile_mode "
+                "auto or default"
             )
         if self.data.standardize_y and self.model.head != "riemann":
             raise ValueError("data.standardize_y standardises real-valued targets; it needs model.head 'riemann'")

@@ -149,7 +149,9 @@ class PFNModule(L.LightningModule):
         self.speed = resolve_speed(
             self.config.train,
             training_device_type(self.config.train.accelerator),
-            cuda_graphs=not self.config.model.readout_evidence,
+            # A linear readout solves its systems with MAGMA's batched Cholesky, which CUDA graph
+            # capture refuses ("operation not permitted when stream is capturing", H100, torch 2.11).
+            cuda_graphs=not self.config.model.linear_readout,
         )
         if self.config.train.exact_targets:
             check_exact_targets(self.prior)  # at start-up, not at the first step
