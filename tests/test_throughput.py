@@ -1,12 +1,13 @@
 """The training-throughput benchmark: runs end to end at tiny sizes and writes well-formed JSON."""
 
 import json
+import warnings
 
 import pytest
 import torch
 import yaml
 
-from pfn.benchmarks.throughput import GP_PRIOR, preset_config, run_throughput
+from pfn.benchmarks.throughput import GP_PRIOR, SyncProbe, preset_config, run_throughput
 from pfn.cli import main
 from tests.conftest import ROOT
 
@@ -76,7 +77,9 @@ def test_gpu_model_step_uses_fused_attention_and_does_not_sync(tmp_path):
     preset = json.loads((tmp_path / "t.json").read_text())["presets"]["small"]
     assert preset["end_to_end"]["precision"] == "bf16-mixed"
     assert {"flash", "efficient", "cudnn"} & set(preset["model_step"]["sdpa"]["backends"])
-    assert preset["model_step"]["sync_probe"]["syncs"] == 0
+    # One sync in 3 steps has been seen here on H100s (torch 2.11), inside torch/cuda/__init__.py,
+    # never in end-to-end training; the probe's stacks say where it comes from.
+    assert preset["model_step"]["sync_probe"]["syncs"] == 0, preset["model_step"]["sync_probe"]
     # Nor does training as a whole: the GP prior's kernel and Cholesky and the non-finite guard
     # are sync-free (2026-11-26, before: 1.3 syncs per step, all from the prior).
     assert preset["end_to_end"]["sync_probe"]["syncs"] == 0, preset["end_to_end"]["sync_probe"]
@@ -93,3 +96,22 @@ def test_gpu_static_shapes_compile_and_run_a_fused_kernel(tmp_path, mode):
     assert preset["model_step"]["datasets_per_s"] > 0, preset["model_step"]
     assert preset["end_to_end"]["datasets_per_s"] > 0, preset["end_to_end"]
     assert preset["model_step"]["sync_probe"]["syncs"] == 0
+
+
+def test_sync_probe_counts_synchronising_warnings_with_their_stack():
+    # On a CPU there is nothing to synchronise; a warning like CUDA's sync debug mode's stands in.
+    probe = SyncProbe(torch.device("cuda"))
+    probe.start()
+
+    def caller_of_a_sync() -> None:
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+
+    caller_of_a_sync()
+    caller_of_a_sync()
+    warnings.warn("something else", UserWarning, stacklevel=1)
+    result = probe.stop(steps=4)
+    assert (result["syncs"], result["syncs_per_step"]) == (2, 0.5)
+    (place,) = result["where"]
+    assert place.endswith("test_throughput.py:" + str(caller_of_a_sync.__code__.co_firstlineno + 1))
+    assert "caller_of_a_sync" in result["stacks"][0][-1]
+    assert SyncProbe(torch.device("cpu")).stop(steps=1) is None

@@ -178,19 +178,29 @@ def attempt(function: Callable[[], Any]) -> Any:
 
 
 class SyncProbe:
-    """Counts host-device synchronisations (CUDA only) while active, by where they were called."""
+    """Counts host-device synchronisations (CUDA only) while active, by where they were called:
+    `where` counts the calling lines, `stacks` holds the Python stack of the first few, so that a
+    sync raised inside torch (the line is then torch's own) can be traced to the code that led to it."""
 
     def __init__(self, device: torch.device) -> None:
         self.enabled = device.type == "cuda"
-        self.records: list[warnings.WarningMessage] = []
+        self.syncs: list[tuple[str, list[str]]] = []  # (calling line, stack)
         self._catcher: warnings.catch_warnings | None = None
+
+    def _record(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchronizing" in str(message):
+            frames = [frame for frame in traceback.extract_stack()[:-1] if not frame.filename.endswith("warnings.py")]
+            stack = [f"{frame.filename}:{frame.lineno} {frame.name}" for frame in frames[-12:]]
+            self.syncs.append((f"{filename}:{lineno}", stack))
 
     def start(self) -> None:
         if not self.enabled:
             return
-        self._catcher = warnings.catch_warnings(record=True)
-        self.records = self._catcher.__enter__()
+        self.syncs = []
+        self._catcher = warnings.catch_warnings()
+        self._catcher.__enter__()
         warnings.simplefilter("always")
+        warnings.showwarning = self._record  # restored by the catcher on exit
         attempt(lambda: torch.cuda.set_sync_debug_mode("warn"))
 
     def stop(self, steps: int) -> dict[str, Any] | None:
@@ -199,12 +209,16 @@ class SyncProbe:
         attempt(lambda: torch.cuda.set_sync_debug_mode("default"))
         self._catcher.__exit__(None, None, None)
         self._catcher = None
-        syncs = [r for r in self.records if "synchronizing" in str(r.message)]
         places: dict[str, int] = {}
-        for record in syncs:
-            place = f"{record.filename}:{record.lineno}"
+        for place, _ in self.syncs:
             places[place] = places.get(place, 0) + 1
-        return {"steps": steps, "syncs": len(syncs), "syncs_per_step": len(syncs) / steps, "where": places}
+        return {
+            "steps": steps,
+            "syncs": len(self.syncs),
+            "syncs_per_step": len(self.syncs) / steps,
+            "where": places,
+            "stacks": [stack for _, stack in self.syncs[:3]],
+        }
 
 
 def model_step_function(module: PFNModule, batches: list[dict[str, Any]], config: Config, device: torch.device):
