@@ -73,6 +73,11 @@ def symmetry_ensemble(
     """
     if num_members < 1:
         raise ValueError(f"num_members must be >= 1, got {num_members}")
+    if model.config.model.linear_readout:
+        raise ValueError(
+            "symmetry ensembles of a model with a linear readout (model.linear_readout) are not offered: "
+            "each view places its buckets around its own location and scale, so the members share no borders"
+        )
     prior = build_prior(model.prior_spec)
     if model.is_classifier and isinstance(prior, GMMPrior):
         return _gmm_ensemble(model, prior, x_context, y_context, x_query, num_members, generator)

@@ -141,3 +141,10 @@ def test_gp_symmetry_ensemble_mixes_the_model_over_cube_views(tiny_model_path):
     torch.testing.assert_close(ensemble.probs, (single.probs + view.probs) / 2)
     assert not torch.allclose(ensemble.probs, single.probs, atol=1e-4)
     assert torch.equal(ensemble.borders, single.borders)
+
+
+def test_symmetry_ensemble_of_a_linear_readout_model_is_refused():
+    model = pfn.load("gp")  # shipped with a linear readout: each view has its own z borders
+    batch = build_prior(model.prior_spec).sample(2, 12, 2, torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match="linear readout"):
+        symmetry_ensemble(model, batch.x[:, :10], batch.y[:, :10], batch.x[:, 10:], 2, torch.Generator())
