@@ -359,13 +359,13 @@ def measure_prior(config: Config, device: torch.device, warmup_s: float, seconds
     return rates(**timed_loop(draw, device, warmup_s, seconds), config=config)
 
 
-def cholesky_precision(config: Config, device: torch.device, repeats: int = 3) -> dict[str, Any]:
-    """Time the GP prior's Cholesky factorisation in float64 (what it uses) and float32, and count
-    float32 failures: for the noise-free kernel matrix (what the prior factors now) and for the
-    kernel matrix plus the noise variance (the covariance of y, an alternative that skips f)."""
+def prior_kernel_matrices(config: Config, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """A batch of the GP prior's float64 covariance matrices at the config's size: the noise-free
+    kernel matrix with the prior's jitter (what the prior factors) and the kernel matrix plus the
+    noise variance (the covariance of y); None for other priors."""
     prior = build_prior(config.prior)
     if not isinstance(prior, GPPrior) or not prior.has_fixed_hyperparameters:
-        return {"skipped": "needs a GP prior with fixed hyperparameters"}
+        return None
     data = config.data
     generator = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(data.batch_size, data.num_points, data.min_features, generator=generator, device=device)
@@ -373,11 +373,17 @@ def cholesky_precision(config: Config, device: torch.device, repeats: int = 3) -
     batch = torch.ones(data.batch_size, device=device, dtype=torch.float64)
     kernel = prior.covariance(x, prior.lengthscale * batch, prior.outputscale * batch)
     eye = torch.eye(data.num_points, device=device, dtype=torch.float64)
-    matrices = {
-        "f_jitter": kernel + prior.jitter * eye,  # the prior's own first try (unit mean diagonal)
-        "y_noise": kernel + prior.noise * eye,
-    }
-    result: dict[str, Any] = {"num_points": data.num_points, "batch_size": data.batch_size}
+    return {"f_jitter": kernel + prior.jitter * eye, "y_noise": kernel + prior.noise * eye}
+
+
+def cholesky_precision(config: Config, device: torch.device, repeats: int = 3) -> dict[str, Any]:
+    """Time the GP prior's Cholesky factorisation in float64 (what it uses) and float32, and count
+    float32 failures: for the noise-free kernel matrix (what the prior factors now) and for the
+    kernel matrix plus the noise variance (the covariance of y, an alternative that skips f)."""
+    matrices = prior_kernel_matrices(config, device)
+    if matrices is None:
+        return {"skipped": "needs a GP prior with fixed hyperparameters"}
+    result: dict[str, Any] = {"num_points": config.data.num_points, "batch_size": config.data.batch_size}
     for name, matrix in matrices.items():
         for dtype in (torch.float64, torch.float32):
             typed = matrix.to(dtype)
@@ -390,6 +396,59 @@ def cholesky_precision(config: Config, device: torch.device, repeats: int = 3) -
             key = f"{name}_{str(dtype).removeprefix('torch.')}"
             result[f"{key}_ms"] = 1000 * (time.perf_counter() - start) / repeats
             result[f"{key}_failures"] = int((info > 0).sum())
+    return result
+
+
+def linalg_libraries(config: Config, device: torch.device, repeats: int = 3, readout_size: int = 256) -> dict[str, Any]:
+    """For each CUDA linear-algebra library torch can use (MAGMA, cuSOLVER): the float64 Cholesky
+    of the prior's batch, and whether a linear readout's solves (Cholesky, then `cholesky_solve`
+    and a triangular solve, at `readout_size`) can be captured in a CUDA graph. MAGMA's batched
+    solve cannot (H100, torch 2.11), which keeps readout models off CUDA graphs. Measured last:
+    a failed capture may leave errors behind."""
+    matrices = prior_kernel_matrices(config, device)
+    if device.type != "cuda" or matrices is None:
+        return {"skipped": "needs a CUDA GPU and a GP prior with fixed hyperparameters"}
+    matrix = matrices["f_jitter"]
+    features = torch.randn(matrix.shape[0], 2 * readout_size, readout_size, device=device, dtype=torch.float64)
+    gram = features.mT @ features + torch.eye(readout_size, device=device, dtype=torch.float64)
+    right = torch.randn(matrix.shape[0], readout_size, 1, device=device, dtype=torch.float64)
+    queries = torch.randn(matrix.shape[0], readout_size, 64, device=device, dtype=torch.float64)
+
+    def readout_solves() -> torch.Tensor:
+        factor, _ = torch.linalg.cholesky_ex(gram)
+        weights = torch.cholesky_solve(right, factor)
+        return weights.sum() + torch.linalg.solve_triangular(factor, queries, upper=False).sum()
+
+    chosen = torch.backends.cuda.preferred_linalg_library()
+    result: dict[str, Any] = {"default": str(chosen)}
+    try:
+        for library in ("cusolver", "magma"):
+            torch.backends.cuda.preferred_linalg_library(library)
+            torch.linalg.cholesky_ex(matrix)  # warm-up
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                torch.linalg.cholesky_ex(matrix)
+            synchronize(device)
+            entry: dict[str, Any] = {"cholesky_float64_ms": 1000 * (time.perf_counter() - start) / repeats}
+            expected = readout_solves()
+            side = torch.cuda.Stream(device)  # warm up on a side stream before capturing, as torch advises
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                readout_solves()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    captured = readout_solves()
+                graph.replay()
+                synchronize(device)
+                entry["readout_in_cuda_graph"] = bool(torch.isclose(captured, expected, rtol=1e-6).item())
+            except Exception as error:  # noqa: BLE001
+                entry["readout_in_cuda_graph"] = f"{type(error).__name__}: {str(error)[:200]}"
+            result[library] = entry
+    finally:
+        torch.backends.cuda.preferred_linalg_library(chosen)
     return result
 
 
@@ -586,6 +645,7 @@ def run_throughput(
                 ("model_step", functools.partial(measure_model_step, config, device, warmup_s / 2, seconds)),
                 ("end_to_end", functools.partial(measure_end_to_end, config, device, warmup_s, seconds)),
                 ("end_to_end_prefetch", functools.partial(measure_end_to_end, prefetched, device, warmup_s, seconds)),
+                ("linalg", functools.partial(linalg_libraries, config, device)),
             ]
             for key, measurement in measurements:
                 if measure and key not in measure:

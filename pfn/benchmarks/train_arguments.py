@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-MEASUREMENTS = ("prior", "cholesky", "model_step", "end_to_end", "end_to_end_prefetch")
+MEASUREMENTS = ("prior", "cholesky", "model_step", "end_to_end", "end_to_end_prefetch", "linalg")
 
 
 def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
