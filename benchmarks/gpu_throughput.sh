@@ -32,7 +32,7 @@ run() {  # NAME LIMIT_SECONDS ARGS...
 # The eager path in full (prior, Cholesky, model step, end to end with and without prefetch);
 # the variants the model step and end to end, with and without prefetch. The last is what
 # training does on a CUDA GPU by default (train.compile etc. "auto").
-run eager 120 --compile false --static_shapes false
+run eager 150 --compile false --static_shapes false
 STEP="--measure model_step,end_to_end,end_to_end_prefetch"
 run static 90 --compile false --static_shapes true $STEP
 run static-compile 160 --compile true --static_shapes true --compile_mode default --warmup 5 $STEP
