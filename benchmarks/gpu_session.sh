@@ -12,7 +12,7 @@
 #    at "paper" was measured on 2026-11-28 (1,129 datasets/s end to end, 1,358 model step);
 # 3. `gp` continued from the shipped model, alone, for what is left of TOTAL_SECONDS (float32,
 #    exact targets; `auto` compiles a readout model without CUDA graphs). It has a linear readout
-#    since 2026-11-28 (+0.053 -> +0.026 in 3.2 shared H100 minutes, +0.019 after 100 CPU minutes more):
+#    since 2026-11-28 (+0.053 -> +0.026 in 3.2 shared H100 minutes, +0.017 after 133 CPU minutes more):
 #    compare the result with `pfn compare NEW gp` and `pfn bench gp` before shipping it. Override
 #    its arguments with EXTRA_ARGS_gp, train others with MODELS="gp gp_hyper" (and EXTRA_ARGS_<name>),
 #    or leave training out with SKIP_TRAINING=1. `gp_hyper` lost 0.004-0.023 nats from 3.2 eager
