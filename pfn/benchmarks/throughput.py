@@ -386,25 +386,30 @@ def cholesky_precision(config: Config, device: torch.device, repeats: int = 3) -
     result: dict[str, Any] = {"num_points": config.data.num_points, "batch_size": config.data.batch_size}
     for name, matrix in matrices.items():
         for dtype in (torch.float64, torch.float32):
-            typed = matrix.to(dtype)
-            torch.linalg.cholesky_ex(typed)  # warm-up (library handles, workspaces)
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                _, info = torch.linalg.cholesky_ex(typed)
-            synchronize(device)
             key = f"{name}_{str(dtype).removeprefix('torch.')}"
-            result[f"{key}_ms"] = 1000 * (time.perf_counter() - start) / repeats
+            result[f"{key}_ms"], info = time_cholesky(matrix.to(dtype), device, repeats)
             result[f"{key}_failures"] = int((info > 0).sum())
     return result
+
+
+def time_cholesky(matrix: torch.Tensor, device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
+    """Milliseconds per batched Cholesky factorisation of `matrix`, after a warm-up (library
+    handles, workspaces), and the last call's `info` (> 0 where a factorisation failed)."""
+    torch.linalg.cholesky_ex(matrix)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        _, info = torch.linalg.cholesky_ex(matrix)
+    synchronize(device)
+    return 1000 * (time.perf_counter() - start) / repeats, info
 
 
 def linalg_libraries(config: Config, device: torch.device, repeats: int = 3, readout_size: int = 256) -> dict[str, Any]:
     """For each CUDA linear-algebra library torch can use (MAGMA, cuSOLVER): the float64 Cholesky
     of the prior's batch, and whether a linear readout's solves (Cholesky, then `cholesky_solve`
     and a triangular solve, at `readout_size`) can be captured in a CUDA graph. MAGMA's batched
-    solve cannot (H100, torch 2.11), which keeps readout models off CUDA graphs. Measured last:
-    a failed capture may leave errors behind."""
+    solve cannot (H100, torch 2.11), which keeps readout models off CUDA graphs. `run_throughput`
+    measures it after everything else: a failed capture may leave errors behind."""
     matrices = prior_kernel_matrices(config, device)
     if device.type != "cuda" or matrices is None:
         return {"skipped": "needs a CUDA GPU and a GP prior with fixed hyperparameters"}
@@ -424,13 +429,7 @@ def linalg_libraries(config: Config, device: torch.device, repeats: int = 3, rea
     try:
         for library in ("cusolver", "magma"):
             torch.backends.cuda.preferred_linalg_library(library)
-            torch.linalg.cholesky_ex(matrix)  # warm-up
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                torch.linalg.cholesky_ex(matrix)
-            synchronize(device)
-            entry: dict[str, Any] = {"cholesky_float64_ms": 1000 * (time.perf_counter() - start) / repeats}
+            entry: dict[str, Any] = {"cholesky_float64_ms": time_cholesky(matrix, device, repeats)[0]}
             expected = readout_solves()
             side = torch.cuda.Stream(device)  # warm up on a side stream before capturing, as torch advises
             side.wait_stream(torch.cuda.current_stream(device))
@@ -625,9 +624,19 @@ def run_throughput(
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2))
 
+    def take(name: str, key: str, measurement: Callable[[], dict[str, Any]]) -> None:
+        preset = result["presets"][name]
+        if measure and key not in measure:
+            preset[key] = {"skipped": "not asked for (--measure)"}
+            return
+        print(f"[{name}] {key} ...", flush=True)
+        preset[key] = guarded(measurement, device)
+        save()
+
     with tempfile.TemporaryDirectory() as output_dir:
+        configs = {}
         for name in presets:
-            config = preset_config(name, quick=quick, output_dir=f"{output_dir}/{name}", speed=speed)
+            config = configs[name] = preset_config(name, quick=quick, output_dir=f"{output_dir}/{name}", speed=speed)
             prefetched = preset_config(
                 name, quick=quick, prefetch=True, output_dir=f"{output_dir}/{name}-prefetch", speed=speed
             )
@@ -645,17 +654,14 @@ def run_throughput(
                 ("model_step", functools.partial(measure_model_step, config, device, warmup_s / 2, seconds)),
                 ("end_to_end", functools.partial(measure_end_to_end, config, device, warmup_s, seconds)),
                 ("end_to_end_prefetch", functools.partial(measure_end_to_end, prefetched, device, warmup_s, seconds)),
-                ("linalg", functools.partial(linalg_libraries, config, device)),
             ]
             for key, measurement in measurements:
-                if measure and key not in measure:
-                    preset[key] = {"skipped": "not asked for (--measure)"}
-                    continue
-                print(f"[{name}] {key} ...", flush=True)
-                preset[key] = guarded(measurement, device)
-                save()
+                take(name, key, measurement)
             preset["summary"] = summarise(name, preset, on_gpu=device.type == "cuda")
             save()
+        # After every preset's timings: a failed CUDA-graph capture may leave errors behind.
+        for name in presets:
+            take(name, "linalg", functools.partial(linalg_libraries, configs[name], device))
     print(table(result))
     if out is not None:
         print(f"results written to {out}")
