@@ -154,6 +154,11 @@ class TrainConfig:
     # A .pfn file or shipped model name to start from (continued training, or fine-tuning on
     # another prior); its architecture must match this config's (see `training.initialize_from`).
     init_from: str | None = None
+    # Train only the parameters whose names start with one of these prefixes (e.g.
+    # "backbone.linear_readout"); the others stay as they are, and no gradient is computed for
+    # them. Empty: train everything. Names as `PFNModule.named_parameters()` gives them (an
+    # unknown prefix is an error that lists the model's parts).
+    trainable: list[str] = field(default_factory=list)
 
 
 @dataclass

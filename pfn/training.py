@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from pfn.checkpoint import file_sha256
@@ -155,6 +156,7 @@ class PFNModule(L.LightningModule):
         )
         if self.config.train.exact_targets:
             check_exact_targets(self.prior)  # at start-up, not at the first step
+        train_only(self, self.config.train.trainable)
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":
@@ -220,7 +222,8 @@ class PFNModule(L.LightningModule):
     def configure_optimizers(self):
         train = self.config.train
         # Fused: one kernel for all parameters, and the only AdamW that honours `found_inf`.
-        optimizer = torch.optim.AdamW(self.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
         def warmup_cosine(step: int) -> float:
             if step < train.warmup_steps:
@@ -230,6 +233,24 @@ class PFNModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def train_only(module: nn.Module, prefixes: list[str]) -> None:
+    """Freeze every parameter of `module` whose name does not start with one of `prefixes` (a
+    whole part of a dotted name: "backbone.decoder" is not "backbone.decoder2"); none if empty."""
+    if not prefixes:
+        return
+    names = [name for name, _ in module.named_parameters()]
+
+    def selected_by(prefix: str, name: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    unknown = [prefix for prefix in prefixes if not any(selected_by(prefix, name) for name in names)]
+    if unknown:
+        parts = sorted({".".join(name.split(".")[:2]) for name in names})
+        raise ValueError(f"train.trainable: no parameter is named {unknown} or under it; the model's parts: {parts}")
+    for name, parameter in module.named_parameters():
+        parameter.requires_grad_(any(selected_by(prefix, name) for prefix in prefixes))
 
 
 class TimeBudget(L.Callback):

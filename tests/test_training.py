@@ -324,6 +324,19 @@ def test_init_from_starts_training_from_a_trained_model(tmp_path, tiny_model_pat
     assert nll[1] == pytest.approx(nll[0], abs=0.03)
 
 
+def test_trainable_trains_only_the_named_parts(tmp_path, tiny_model_path):
+    source = pfn.load(tiny_model_path).backbone.state_dict()
+    overrides = ("--train.init_from", str(tiny_model_path), "--train.max_steps", "3", "--train.lr", "1e-2")
+    tuned = pfn.load(train(tiny_config(tmp_path / "decoder", *overrides, "--train.trainable", "[backbone.decoder]")))
+    for key, value in tuned.backbone.state_dict().items():
+        changed = not torch.equal(value, source[key].to(value.dtype))
+        assert changed == key.startswith("decoder."), key
+    with pytest.raises(
+        ValueError, match=r"train.trainable: no parameter is named \['backbone.decoderr'\].*backbone.blocks"
+    ):
+        train(tiny_config(tmp_path / "typo", *overrides, "--train.trainable", "[backbone.decoderr]"))
+
+
 def test_init_from_trains_on_new_datasets(tmp_path, tiny_model_path):
     source = pfn.load(tiny_model_path)
     config = tiny_config(tmp_path / "next", "--train.init_from", str(tiny_model_path), "--train.max_steps", "1")
