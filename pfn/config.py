@@ -314,7 +314,8 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
 
 
 def _checked(key: str, field_type: str, value: Any) -> Any:
-    """`value` if it has the field's type (int, float, bool, str, optionally `| None`), else a clear error.
+    """`value` if it has the field's type (int, float, bool, str, list[str], optionally `| None`), else a
+    clear error.
 
     YAML 1.1 reads `1e-3` (no dot) as a string; a float field takes such a string as the number it
     spells, since that is what every reader of the config means by it.
@@ -332,9 +333,17 @@ def _checked(key: str, field_type: str, value: Any) -> Any:
         "float": isinstance(value, int | float) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
-    }.get(base, True)  # other fields (devices, prior, imports) are checked where they are used
+        # A bare string would otherwise be read one character at a time.
+        "list[str]": isinstance(value, list) and all(isinstance(item, str) for item in value),
+    }.get(base, True)  # other fields (devices, prior) are checked where they are used
     if not valid:
-        expected = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[base]
+        expected = {
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "str": "a string",
+            "list[str]": "a list of strings, e.g. [a, b]",
+        }[base]
         raise ValueError(f"config key '{key}' must be {expected}{' or null' if optional else ''}, got {value!r}")
     return float(value) if base == "float" else value
 

@@ -166,6 +166,11 @@ def test_config_values_are_type_checked():
         load_config(None, ["--train.compile_mode", "reduce-overhead", "--train.compile", "false"])
     with pytest.raises(ValueError, match="train.matmul_precision must be one of highest, high, medium, got 'tf32'"):
         load_config(None, ["--train.matmul_precision", "tf32"])
+    with pytest.raises(ValueError, match=r"'train.trainable' must be a list of strings, e.g. \[a, b\], got 'backbone'"):
+        load_config(None, ["--train.trainable", "backbone"])
+    with pytest.raises(ValueError, match="'imports' must be a list of strings"):
+        load_config(None, ["--imports", "priors.gp"])
+    assert load_config(None, ["--train.trainable", "[backbone.decoder]"]).train.trainable == ["backbone.decoder"]
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (ROOT / "configs").glob("*.yaml")))
