@@ -156,6 +156,22 @@ def test_bfloat16_training_on_a_cpu_runs_attention_in_float32(model, monkeypatch
     assert seen == [(torch.bfloat16, True)] * 2
 
 
+def test_bfloat16_cpu_inference_attention_agrees_with_the_fused_kernel(monkeypatch):
+    # bfloat16 inference on a CPU takes plain operations (faster there); large scores the fused kernel.
+    import pfn.model
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (9, 7, 7))
+    attention = ContextAttention(64, 4, 0.0).eval()
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    plain = attention.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
+    monkeypatch.setattr(pfn.model, "MAX_PLAIN_ATTENTION_SCORES", 2 * 4 * 9 * 7 - 1)
+    fused = attention.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), None)
+    assert plain.dtype == fused.dtype == torch.bfloat16 and not torch.equal(plain, fused)
+    for result in (plain, fused):
+        torch.testing.assert_close(result.float(), expected, atol=0.03, rtol=0.03)
+
+
 @pytest.mark.parametrize("static", [False, True])
 def test_bfloat16_autocast_keeps_inputs_and_the_residual_stream_in_float32(model, static):
     # Targets 0.003 apart are one value in bfloat16 (its steps are 0.0078 at 1.0); the model must

@@ -224,6 +224,20 @@ def test_bfloat16_precision_predicts_nearly_the_same(tiny_model_path):
         pfn.load(tiny_model_path, precision="int8")
 
 
+def test_bfloat16_weights_are_cast_once_and_predict_what_autocast_does(tiny_model_path):
+    fast = pfn.load(tiny_model_path, precision="bfloat16")
+    first_layer = fast.backbone.blocks[0].attention.query
+    assert first_layer.weight.dtype == torch.bfloat16 and fast.backbone.decoder[0].weight.dtype == torch.bfloat16
+    assert fast.backbone.x_encoder.weight.dtype == torch.float32  # the residual stream stays float32
+    # With float32 weights under the same autocast, every product sees the same bfloat16 values.
+    exact = pfn.load(tiny_model_path)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(3, 15, 2, generator=generator), torch.randn(3, 15, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = exact.backbone(x[:, :10], y[:, :10], x[:, 10:])
+        assert torch.equal(fast.backbone(x[:, :10], y[:, :10], x[:, 10:]), expected)
+
+
 def test_cpu_chunking_of_a_large_batch_changes_nothing(model, monkeypatch):
     import pfn.predictor
 
