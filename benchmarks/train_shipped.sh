@@ -41,7 +41,7 @@ fi
 # and CPU times come from the committed cache, so emcee need not be installed here.
 if [ -f checkpoints/lc.pfn ] && [ -z "${SKIP_LC:-}" ]; then  # SKIP_LC=1 leaves it out
     for precision in float32 bfloat16; do
-        timeout 90 python3 -m pfn.cli bench lc --model lc --lc_device cuda --precision "$precision" \
+        timeout 90 python3 -m pfn.cli bench lc --model lc --device cuda --precision "$precision" \
             --mcmc_cache benchmarks/results/lc-mcmc-cache.json --out_dir "$LOGS/lc-gpu" --tag gpu \
             > "$LOGS/lc-gpu-$precision.log" 2>&1 || echo "lc GPU benchmark ($precision) failed (see lc-gpu-$precision.log)"
     done

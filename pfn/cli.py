@@ -85,7 +85,7 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         settings = MCMCSettings(walkers, steps, burn_in, thin)
         cache = Path(args.mcmc_cache) if args.mcmc_cache else None
         run_lc_bench(
-            args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir), 1, args.lc_device, cache,
+            args.model or "lc", cutoffs, args.curves, args.seed, settings, Path(args.out_dir), 1, args.device, cache,
             args.precision, args.tag,
         )  # fmt: skip
         return
@@ -118,7 +118,7 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         run_mcmc_bench(
             args.prior, args.model or model, budgets=budgets, num_chains=args.chains,
             max_tree_depth=args.max_tree_depth, force=args.force, plot=args.plot,
-            nuts_cache=Path(args.mcmc_cache) if args.mcmc_cache else None, **common,
+            nuts_cache=Path(args.mcmc_cache) if args.mcmc_cache else None, device=args.device, **common,
         )  # fmt: skip
     elif args.prior == "gp":
         from pfn.benchmarks.gp import run_gp_bench
@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--curves", type=int, default=200, help="lc: held-out curves")
     bench.add_argument("--cutoffs", default="10,20,40", help="lc: observed epochs before extrapolating")
     bench.add_argument("--mcmc", default="100,2500,500,10", help="lc: MCMC-PP walkers,steps,burn_in,thin")
-    bench.add_argument("--lc_device", default="cpu", help="lc: device of the PFN (MCMC-PP runs on the CPU)")
+    bench.add_argument(
+        "--device", default="cpu", help="lc, bnn, gp-hyper: device of the PFN (MCMC and type-II ML run on the CPU)"
+    )
     bench.add_argument(
         "--precision",
         default="float32",

@@ -159,3 +159,23 @@ def test_bench_bnn_end_to_end(tmp_path, monkeypatch):
         assert len(per_dataset["type2ml_std_over_context_std"]) == 2
         assert all(ratio > 0 for ratio in per_dataset["pfn_std_over_type2ml_std"])
         assert math.isfinite(row["type2ml_nll"]) and math.isfinite(row["type2ml_on_buckets"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_bnn_with_the_pfn_on_a_gpu_scores_what_the_cpu_does(tmp_path):
+    # --device cuda: the PFN on the GPU, NUTS on the CPU, the same datasets and (nearly) the same NLL.
+    config = tiny_config(tmp_path / "model", "--train.max_steps", "10")
+    config.prior = dict(FIXED_BNN)
+    model_path = train(config)
+    args = ["bench", "bnn", "--model", str(model_path), "--context", "4", "--features", "1", "--datasets", "2"]
+    args += ["--queries", "3", "--budgets", "6", "--max_tree_depth", "3", "--mcmc_cache", str(tmp_path / "cache.json")]
+    results = {}
+    for device in ("cpu", "cuda"):
+        main([*args, "--device", device, "--out_dir", str(tmp_path / device), "--tag", device])
+        [result_file] = (tmp_path / device).glob("bnn-*.json")
+        results[device] = json.loads(result_file.read_text())
+    assert results["cuda"]["machine"]["device"].startswith("cuda")
+    cpu_row, gpu_row = results["cpu"]["rows"][0], results["cuda"]["rows"][0]
+    assert gpu_row["nuts-6_nll"] == cpu_row["nuts-6_nll"]  # from the cache: the very same datasets
+    assert gpu_row["pfn_nll"] == pytest.approx(cpu_row["pfn_nll"], abs=1e-3)

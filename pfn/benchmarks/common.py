@@ -85,14 +85,20 @@ class ResultCache:
 
 
 def load_for_bench(
-    benchmark: str, model_name_or_path: str, seed: int, num_datasets: int, num_queries: int, precision: str = "float32"
+    benchmark: str,
+    model_name_or_path: str,
+    seed: int,
+    num_datasets: int,
+    num_queries: int,
+    precision: str = "float32",
+    device: str = "cpu",
 ) -> PFN:
-    model = load(model_name_or_path, precision=precision)
+    model = load(model_name_or_path, device, precision)
     if seed == model.config.seed:
         raise ValueError(f"bench seed {seed} equals the model's training seed; choose another --seed")
     print(
         f"pfn bench {benchmark}: model {model_name_or_path} ({model}), {num_datasets} datasets x {num_queries} "
-        f"queries per cell, seed {seed}, {precision}",
+        f"queries per cell, seed {seed}, {precision} on {model.device}",
         flush=True,
     )
     return model

@@ -88,8 +88,8 @@ def _example(axes, model: PFN, prior: Prior, nuts: Any, seed: int, num_context: 
     batch = prior.sample(1, num_context, 1, generator)
     x_context, y_context = batch.x[0], batch.y[0]
     grid = torch.linspace(0, 1, 200)[:, None]
-    dist = model.predict(x_context, y_context, grid, normalize=False)
-    pfn_bands = [dist.icdf(torch.full((200,), q)).numpy() for q in QUANTILES]
+    dist = model.predict(x_context.to(model.device), y_context.to(model.device), grid.to(model.device), normalize=False)
+    pfn_bands = [dist.icdf(torch.full((200,), q, device=model.device)).cpu().numpy() for q in QUANTILES]
     samples = nuts.sample(x_context.numpy(), y_context.numpy(), seed)
     means, stds = nuts.predictive_normals(samples, x_context.numpy(), y_context.numpy(), grid.numpy())
     nuts_bands = mixture_quantiles(torch.tensor(means), torch.tensor(stds), QUANTILES).numpy()
