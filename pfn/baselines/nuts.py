@@ -32,6 +32,9 @@ from typing import Any
 if "jax" not in sys.modules:
     # One thread per XLA computation: the matrices are small, and threads only add overhead.
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+    # The baseline is NUTS on one CPU thread, also where JAX could take a GPU (the PFN's, under
+    # `pfn bench --device cuda`); JAX_PLATFORMS set by the caller wins.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 import jax.numpy as jnp
