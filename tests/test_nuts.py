@@ -179,3 +179,16 @@ def test_bench_bnn_with_the_pfn_on_a_gpu_scores_what_the_cpu_does(tmp_path):
     cpu_row, gpu_row = results["cpu"]["rows"][0], results["cuda"]["rows"][0]
     assert gpu_row["nuts-6_nll"] == cpu_row["nuts-6_nll"]  # from the cache: the very same datasets
     assert gpu_row["pfn_nll"] == pytest.approx(cpu_row["pfn_nll"], abs=1e-3)
+
+
+def test_bench_compiles_nuts_per_context_size_without_padding():
+    # Padding a 10-point context to 100 points made NUTS 40x slower (gp-hyper), which inflated speedups.
+    from pfn.benchmarks.mcmc import make_baselines
+
+    prior = GPPrior(lengthscale=0.3, outputscale=1.0, noise={"distribution": "gamma", "concentration": 2, "rate": 20})
+    [baseline] = make_baselines(prior, [6], num_chains=1, max_tree_depth=3)
+    batch = prior.sample(1, 12, 1, torch.Generator().manual_seed(0))
+    for size in (4, 8):
+        x, y = batch.x[0, :size].numpy(), batch.y[0, :size].numpy()
+        baseline.fit_predict(x, y, batch.x[0, 8:].numpy(), batch.y[0, 8:].numpy(), seed=0)
+    assert set(baseline._samplers) == {(4, 1), (8, 1)}
