@@ -121,8 +121,10 @@ def bench_rows(
     too_many = [f for f in features if f > model.max_features]
     if too_many:
         raise ValueError(f"feature counts {too_many} exceed the model's maximum of {model.max_features}")
-    progress = tqdm(total=len(contexts) * len(features) * num_datasets * len(baselines), desc="NUTS runs")
-    rows = []
+    # The PFN is scored and timed on every cell first, before any baseline loads the machine
+    # (on a GPU machine, several benchmarks can then start a few seconds apart and run their
+    # NUTS side by side without touching each other's PFN timings).
+    cells = []
     for num_context in contexts:
         for num_features in features:
             _, generator = seeded_generators(seed, BENCH_STREAM, STREAM_TAG[benchmark], num_context, num_features)
@@ -131,37 +133,42 @@ def bench_rows(
             x_query, y_query = batch.x[:, num_context:], batch.y[:, num_context:]
             row, pfn_nll, pfn_dist = pfn_scores(model, x_context, y_context, x_query, y_query)
             row = {"context": num_context, "features": num_features, **row}
-            best_nll = None
-            for baseline in baselines:
-                nll, seconds = [], []
-                for i in range(num_datasets):
-                    name = f"{baseline.name}/{num_context}/{num_features}/{i}"
-                    entry = cache.get(name, y_context[i])
-                    if entry is None:
-                        log_prob, elapsed = baseline.fit_predict(
-                            x_context[i].numpy(), y_context[i].numpy(), x_query[i].numpy(), y_query[i].numpy(), seed + i
-                        )
-                        entry = {"nll": -float(np.mean(log_prob)), "seconds": elapsed}
-                        cache.put(name, entry | {"observed_sum": y_context[i].sum().item()})
-                    nll.append(entry["nll"])
-                    seconds.append(entry["seconds"])
-                    progress.update()
-                nll = torch.tensor(nll, dtype=torch.float64)
-                row |= _nll_stats(baseline.name, nll) | {f"{baseline.name}_seconds": sum(seconds) / len(seconds)}
-                best_nll = nll
-            # `difference`: PFN minus NUTS at its largest budget, per dataset (the target).
-            difference = pfn_nll - best_nll
-            row |= {"difference": difference.mean().item(), "difference_se": standard_error(difference)}
-            row["per_dataset"] = {"pfn_nll": pfn_nll.tolist(), f"{baselines[-1].name}_nll": best_nll.tolist()}
-            if isinstance(prior, GPPrior):
-                scores, per_dataset = _type2_scores(prior, x_context, y_context, x_query, y_query, pfn_dist)
-                row |= scores
-                row["per_dataset"] |= per_dataset
-            rows.append(row)
-            progress.write(
-                f"  context {num_context:4d}  features {num_features}  PFN {row['pfn_nll']:+.4f}  "
-                + "  ".join(f"{b.name} {row[b.name + '_nll']:+.4f}" for b in baselines)
-            )
+            cells.append((row, pfn_nll, pfn_dist, x_context, y_context, x_query, y_query))
+    progress = tqdm(total=len(cells) * num_datasets * len(baselines), desc="NUTS runs")
+    rows = []
+    for row, pfn_nll, pfn_dist, x_context, y_context, x_query, y_query in cells:
+        num_context, num_features = row["context"], row["features"]
+        best_nll = None
+        for baseline in baselines:
+            nll, seconds = [], []
+            for i in range(num_datasets):
+                name = f"{baseline.name}/{num_context}/{num_features}/{i}"
+                entry = cache.get(name, y_context[i])
+                if entry is None:
+                    log_prob, elapsed = baseline.fit_predict(
+                        x_context[i].numpy(), y_context[i].numpy(), x_query[i].numpy(), y_query[i].numpy(), seed + i
+                    )
+                    entry = {"nll": -float(np.mean(log_prob)), "seconds": elapsed}
+                    cache.put(name, entry | {"observed_sum": y_context[i].sum().item()})
+                nll.append(entry["nll"])
+                seconds.append(entry["seconds"])
+                progress.update()
+            nll = torch.tensor(nll, dtype=torch.float64)
+            row |= _nll_stats(baseline.name, nll) | {f"{baseline.name}_seconds": sum(seconds) / len(seconds)}
+            best_nll = nll
+        # `difference`: PFN minus NUTS at its largest budget, per dataset (the target).
+        difference = pfn_nll - best_nll
+        row |= {"difference": difference.mean().item(), "difference_se": standard_error(difference)}
+        row["per_dataset"] = {"pfn_nll": pfn_nll.tolist(), f"{baselines[-1].name}_nll": best_nll.tolist()}
+        if isinstance(prior, GPPrior):
+            scores, per_dataset = _type2_scores(prior, x_context, y_context, x_query, y_query, pfn_dist)
+            row |= scores
+            row["per_dataset"] |= per_dataset
+        rows.append(row)
+        progress.write(
+            f"  context {num_context:4d}  features {num_features}  PFN {row['pfn_nll']:+.4f}  "
+            + "  ".join(f"{b.name} {row[b.name + '_nll']:+.4f}" for b in baselines)
+        )
     progress.close()
     return rows
 
