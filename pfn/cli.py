@@ -118,7 +118,8 @@ def _bench(args: argparse.Namespace, overrides: list[str]) -> None:
         run_mcmc_bench(
             args.prior, args.model or model, budgets=budgets, num_chains=args.chains,
             max_tree_depth=args.max_tree_depth, force=args.force, plot=args.plot,
-            nuts_cache=Path(args.mcmc_cache) if args.mcmc_cache else None, device=args.device, **common,
+            nuts_cache=Path(args.mcmc_cache) if args.mcmc_cache else None, device=args.device,
+            ensemble=args.ensemble, **common,
         )  # fmt: skip
     elif args.prior == "gp":
         from pfn.benchmarks.gp import run_gp_bench
@@ -203,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         "--ensemble",
         type=int,
         default=1,
-        help="gp, gmm: also score the PFN averaged over N views of each dataset under the prior's "
-        "symmetries (gp: features reordered and reflected; gmm: rotated inputs, relabelled classes)",
+        help="gp, gp-hyper, gmm: also score the PFN averaged over N views of each dataset under the prior's "
+        "symmetries (gp, gp-hyper: features reordered and reflected; gmm: rotated inputs, relabelled classes)",
     )
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")

@@ -284,12 +284,14 @@ class RiemannDistribution:
         return RiemannDistribution(self.logits, self.borders * scale[..., None] + loc[..., None])
 
     @classmethod
-    def mixture(cls, members: list[RiemannDistribution]) -> RiemannDistribution:
-        """The equal-weight mixture of distributions on the same borders: again a bar
-        distribution, with the average of their bucket probabilities."""
+    def mixture(cls, members: list[RiemannDistribution]) -> RiemannDistribution | RiemannMixture:
+        """The equal-weight mixture of the members. On shared borders it is again a bar
+        distribution, with the average of their bucket probabilities; members on borders of
+        their own (a model with a linear readout places its buckets per query) make a
+        `RiemannMixture`."""
         first = members[0]
         if any(not torch.equal(member.borders, first.borders) for member in members[1:]):
-            raise ValueError("a mixture of Riemann distributions needs members with the same borders")
+            return RiemannMixture(members)
         return cls(_mixture_log_probs(members), first.borders)
 
     def __getitem__(self, index) -> RiemannDistribution:
@@ -297,6 +299,111 @@ class RiemannDistribution:
 
     def __repr__(self) -> str:
         return f"RiemannDistribution(batch_shape={tuple(self.batch_shape)}, num_buckets={self.num_buckets})"
+
+
+class RiemannMixture:
+    """The equal-weight mixture of bar distributions on borders of their own, one per query
+    point; it answers what a `RiemannDistribution` answers, exactly, except `mode` (the densest
+    of the members' modes) and the quantiles (by bisection on the cdf, to float64 precision).
+
+    Args:
+        members: M >= 1 bar distributions of one batch shape.
+    """
+
+    BISECTION_STEPS = 60
+
+    def __init__(self, members: list[RiemannDistribution]) -> None:
+        if not members:
+            raise ValueError("a mixture needs at least one member")
+        if any(member.batch_shape != members[0].batch_shape for member in members):
+            shapes = sorted({tuple(member.batch_shape) for member in members})
+            raise ValueError(f"mixture members must share one batch shape, got {shapes}")
+        self.members = members
+        self.batch_shape = members[0].batch_shape
+
+    def _stack(self, values: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(torch.broadcast_tensors(*values))  # [M, ...]
+
+    def log_prob(self, value: torch.Tensor | float) -> torch.Tensor:
+        log_probs = self._stack([member.log_prob(value) for member in self.members])
+        return log_probs.logsumexp(0) - math.log(len(self.members))
+
+    def pdf(self, value: torch.Tensor | float) -> torch.Tensor:
+        return self.log_prob(value).exp()
+
+    def cdf(self, value: torch.Tensor | float) -> torch.Tensor:
+        return self._stack([member.cdf(value) for member in self.members]).mean(0)
+
+    def icdf(self, quantile: torch.Tensor | float) -> torch.Tensor:
+        """The inverse of `cdf`. The mixture's q-quantile lies between its members' q-quantiles
+        (at the smallest, no member's cdf exceeds q; at the largest, none falls short of it), and
+        bisection between them halves that interval each step."""
+        quantiles = self._stack([member.icdf(quantile) for member in self.members])
+        low, high = quantiles.min(0).values.double(), quantiles.max(0).values.double()
+        target = torch.as_tensor(quantile, dtype=torch.float64, device=low.device).expand(low.shape)
+        finite = low.isfinite() & high.isfinite()
+        low, high = torch.where(finite, low, 0.0), torch.where(finite, high, 0.0)
+        members = [RiemannDistribution(m.logits.double(), m.borders.double()) for m in self.members]
+        for _ in range(self.BISECTION_STEPS):
+            middle = (low + high) / 2
+            below = self._stack([member.cdf(middle) for member in members]).mean(0) < target
+            low, high = torch.where(below, middle, low), torch.where(below, high, middle)
+        result = torch.where(finite, (low + high) / 2, quantiles[0].double())  # q = 0 or 1: -inf or inf
+        return result.to(self.members[0].logits.dtype)
+
+    quantile = icdf
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._stack([member.mean for member in self.members]).mean(0)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        # Law of total variance over members.
+        means = self._stack([member.mean for member in self.members])
+        variances = self._stack([member.variance for member in self.members])
+        return variances.mean(0) + means.var(0, unbiased=False)
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        return self.variance.sqrt()
+
+    @property
+    def median(self) -> torch.Tensor:
+        return self.icdf(0.5)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """The densest of the members' modes (a mixture's own mode can lie between them)."""
+        candidates = self._stack([member.mode for member in self.members])  # [M, ...]
+        densest = self.log_prob(candidates).argmax(0)
+        return candidates.gather(0, densest.unsqueeze(0)).squeeze(0)
+
+    def sample(self, sample_shape: tuple[int, ...] = (), generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws of shape sample_shape + batch_shape: a member chosen at random, then its icdf."""
+        first = self.members[0].logits
+        shape = (*sample_shape, *self.batch_shape)
+        uniform = torch.rand(*shape, generator=generator, device=first.device, dtype=first.dtype)
+        which = torch.randint(len(self.members), shape, generator=generator, device=first.device)
+        draws = self._stack([member.icdf(uniform) for member in self.members])
+        return draws.gather(0, which.unsqueeze(0)).squeeze(0)
+
+    def expected_improvement(self, best: torch.Tensor | float, maximize: bool = True) -> torch.Tensor:
+        return self._stack([member.expected_improvement(best, maximize) for member in self.members]).mean(0)
+
+    def probability_of_improvement(self, best: torch.Tensor | float, maximize: bool = True) -> torch.Tensor:
+        cdf = self.cdf(best)
+        return 1.0 - cdf if maximize else cdf
+
+    def affine(self, loc: torch.Tensor | float, scale: torch.Tensor | float) -> RiemannMixture:
+        """The distribution of loc + scale * y; `scale` must be positive."""
+        return RiemannMixture([member.affine(loc, scale) for member in self.members])
+
+    def __getitem__(self, index) -> RiemannMixture:
+        return RiemannMixture([member[index] for member in self.members])
+
+    def __repr__(self) -> str:
+        return f"RiemannMixture(batch_shape={tuple(self.batch_shape)}, members={len(self.members)})"
 
 
 class CategoricalDistribution:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import einops
 import torch
 
-from pfn.distributions import CategoricalDistribution, RiemannDistribution
+from pfn.distributions import CategoricalDistribution, RiemannDistribution, RiemannMixture
 from pfn.predictor import PFN
 from priors import GMMPrior, GPPrior, build_prior
 
@@ -33,12 +33,18 @@ def random_rotations(batch_size: int, num_features: int, generator: torch.Genera
 
 
 def cube_symmetries(
-    batch_size: int, num_features: int, generator: torch.Generator
+    batch_size: int, num_features: int, generator: torch.Generator, exclude_identity: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random symmetries of a cube, uniform over its 2^f f! of them: a feature order [batch, f]
-    and which features to reflect [batch, f] (bool)."""
+    """Random symmetries of a cube, uniform over its 2^f f! of them (or over all but the identity):
+    a feature order [batch, f] and which features to reflect [batch, f] (bool)."""
     order = torch.rand(batch_size, num_features, generator=generator).argsort(-1)
     reflect = torch.rand(batch_size, num_features, generator=generator) < 0.5
+    while exclude_identity:
+        identity = (order == torch.arange(num_features)).all(-1) & ~reflect.any(-1)
+        if not identity.any():
+            break
+        redrawn = cube_symmetries(int(identity.sum()), num_features, generator)
+        order[identity], reflect[identity] = redrawn
     return order, reflect
 
 
@@ -59,11 +65,14 @@ def symmetry_ensemble(
     x_query: torch.Tensor,
     num_members: int,
     generator: torch.Generator,
-) -> CategoricalDistribution | RiemannDistribution:
+) -> CategoricalDistribution | RiemannDistribution | RiemannMixture:
     """The model's predictive averaged over `num_members` views of each dataset (an equal-weight
     mixture); member 0 is the data as given, every other one a random symmetry of the prior: for
     a GMM classifier a rotation of the inputs with random class ids, for a GP regressor a
-    symmetry of the input cube (features reordered and reflected).
+    symmetry of the input cube (features reordered and reflected). A regressor with a linear
+    readout places each view's buckets around that view's location and scale, so its ensemble
+    is a `RiemannMixture`; any other's members share their borders and mix into one bar
+    distribution.
 
     Args:
         x_context, y_context, x_query: [batch, n, f], [batch, n], [batch, q, f], in the prior's
@@ -73,11 +82,6 @@ def symmetry_ensemble(
     """
     if num_members < 1:
         raise ValueError(f"num_members must be >= 1, got {num_members}")
-    if model.config.model.linear_readout:
-        raise ValueError(
-            "symmetry ensembles of a model with a linear readout (model.linear_readout) are not offered: "
-            "each view places its buckets around its own location and scale, so the members share no borders"
-        )
     prior = build_prior(model.prior_spec)
     if model.is_classifier and isinstance(prior, GMMPrior):
         return _gmm_ensemble(model, prior, x_context, y_context, x_query, num_members, generator)
@@ -97,14 +101,17 @@ def _gp_ensemble(
     x_query: torch.Tensor,
     num_members: int,
     generator: torch.Generator,
-) -> RiemannDistribution:
+) -> RiemannDistribution | RiemannMixture:
     members = [model.predict(x_context, y_context, x_query, normalize=False)]
     for _ in range(num_members - 1):
-        order, reflect = (t.to(x_context.device) for t in cube_symmetries(*x_context.shape[::2], generator))
+        # Not the identity, which would only repeat member 0 (with one feature the reflection is
+        # the one other view).
+        symmetries = cube_symmetries(*x_context.shape[::2], generator, exclude_identity=True)
+        order, reflect = (t.to(x_context.device) for t in symmetries)
         x_context_view, x_query_view = (cube_view(x, order, reflect, prior.x_range) for x in (x_context, x_query))
         members.append(model.predict(x_context_view, y_context, x_query_view, normalize=False))
-    # y is the same in every view, and so is its standardisation (data.standardize_y): the
-    # members share their borders.
+    # y is the same in every view, and so is its standardisation (data.standardize_y): without a
+    # linear readout the members share their borders.
     return RiemannDistribution.mixture(members)
 
 

@@ -8,7 +8,8 @@ through `PFN.predict` (pfn/predictor.py), the one place where data are normalise
     model = PFNRegressor().fit(X_train, y_train)
     model.predict(X_test)                       # posterior predictive means
     model.predict_quantiles(X_test, (0.05, 0.95))
-    model.predict_distribution(X_test)          # a RiemannDistribution, one per test point
+    model.predict_distribution(X_test)          # a RiemannDistribution, one per test point (a
+                                                # RiemannMixture: an ensemble of a linear-readout model)
 
 Both estimators work in `Pipeline`, `cross_val_score` and `GridSearchCV`, on numpy arrays and
 pandas DataFrames, and pass `sklearn.utils.estimator_checks.check_estimator` (see
@@ -32,7 +33,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pfn.checkpoint import resolve_checkpoint
-from pfn.distributions import CategoricalDistribution, RiemannDistribution
+from pfn.distributions import CategoricalDistribution, RiemannDistribution, RiemannMixture
 from pfn.predictor import PFN
 
 DEFAULT_REGRESSOR = "regressor"
@@ -201,31 +202,34 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
             raise ValueError(f"point_estimate must be 'mean' or 'median', got {self.point_estimate!r}")
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         self._fit_context(X, y.astype(np.float64))
-        if self.n_ensemble > 1 and self.model_.config.model.linear_readout:
-            # Its members' buckets sit at their own location and scale: no shared borders to average on.
-            raise ValueError(
-                f"n_ensemble={self.n_ensemble} needs a model whose buckets are shared by every query; this "
-                f"model places them per query (model.linear_readout), so use n_ensemble=1"
-            )
         self._draw_ensemble()
         return self
 
-    def _distributions(self, X) -> Iterator[RiemannDistribution]:
-        """The predictive distribution of each chunk of X, averaged over the ensemble."""
+    def _member_distributions(self, X) -> Iterator[list[RiemannDistribution]]:
+        """Each ensemble member's predictive distribution, for each chunk of X."""
         X = self._check_query(X)
         for chunk in self._chunks(X):
-            members = [self._member_prediction(m, self.y_context_, chunk) for m in self.ensemble_]
-            # Feature orders leave y's normalisation alone, so every member has the same bucket borders.
+            yield [self._member_prediction(m, self.y_context_, chunk) for m in self.ensemble_]
+
+    def _distributions(self, X) -> Iterator[RiemannDistribution | RiemannMixture]:
+        """The predictive distribution of each chunk of X, averaged over the ensemble. Feature
+        orders leave y's normalisation alone, so the members share their bucket borders, unless
+        the model places them per query (model.linear_readout): then they make a `RiemannMixture`."""
+        for members in self._member_distributions(X):
             yield members[0] if len(members) == 1 else RiemannDistribution.mixture(members)
 
-    def predict_distribution(self, X) -> RiemannDistribution:
-        """The posterior predictive distribution at each row of X: batch shape [n]."""
-        chunks = list(self._distributions(X))
-        logits = torch.cat([chunk.logits for chunk in chunks])
-        if self.model_.config.model.linear_readout:  # buckets placed per query point
-            return RiemannDistribution(logits, torch.cat([chunk.borders for chunk in chunks]))
-        # Every chunk shares the context's normalisation, hence one set of borders.
-        return RiemannDistribution(logits, chunks[0].borders[0])
+    def predict_distribution(self, X) -> RiemannDistribution | RiemannMixture:
+        """The posterior predictive distribution at each row of X: batch shape [n] (a
+        `RiemannMixture` for an ensemble of a model with a linear readout)."""
+        chunks = list(self._member_distributions(X))
+        members = []
+        for member in zip(*chunks, strict=True):  # one member's distributions over all chunks
+            logits = torch.cat([chunk.logits for chunk in member])
+            if self.model_.config.model.linear_readout:  # buckets placed per query point
+                members.append(RiemannDistribution(logits, torch.cat([chunk.borders for chunk in member])))
+            else:  # every chunk shares the context's normalisation, hence one set of borders
+                members.append(RiemannDistribution(logits, member[0].borders[0]))
+        return members[0] if len(members) == 1 else RiemannDistribution.mixture(members)
 
     def predict(self, X) -> np.ndarray:
         """Posterior predictive mean (or median, see `point_estimate`) at each row of X: [n]."""
@@ -240,7 +244,7 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
             raise ValueError(f"quantiles must be levels strictly between 0 and 1, got {list(quantiles)}")
         columns = []
         for chunk in self._distributions(X):
-            level = torch.as_tensor(levels, dtype=chunk.logits.dtype, device=chunk.logits.device)
+            level = torch.as_tensor(levels, dtype=chunk.mean.dtype, device=chunk.mean.device)
             columns.append(chunk.icdf(level[:, None].expand(-1, *chunk.batch_shape)).T.double().cpu().numpy())
         return np.concatenate(columns)
 
@@ -250,7 +254,7 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
         X, y = validate_data(self, X, y, reset=False, dtype=np.float64, y_numeric=True)
         values = []
         for chunk, targets in zip(self._distributions(X), self._chunks(y), strict=True):
-            values.append(chunk.log_prob(torch.as_tensor(targets, device=chunk.logits.device)).double().cpu().numpy())
+            values.append(chunk.log_prob(torch.as_tensor(targets, device=chunk.mean.device)).double().cpu().numpy())
         return np.concatenate(values)
 
 

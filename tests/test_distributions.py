@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from pfn.distributions import CategoricalDistribution, RiemannDistribution
+from pfn.distributions import CategoricalDistribution, RiemannDistribution, RiemannMixture
 
 
 @pytest.fixture
@@ -178,15 +178,58 @@ def test_shared_and_per_point_borders_give_the_same_log_prob():
     assert torch.allclose(shared.log_prob(y), per_point.log_prob(y))
 
 
-def test_mixture_averages_bucket_probabilities_and_needs_shared_borders():
+def test_mixture_averages_bucket_probabilities():
     borders = torch.linspace(-2, 2, 11)
     first, second = RiemannDistribution(torch.randn(3, 10), borders), RiemannDistribution(torch.randn(3, 10), borders)
     mixture = RiemannDistribution.mixture([first, second])
     torch.testing.assert_close(mixture.probs, (first.probs + second.probs) / 2)
     value = torch.tensor([-2.5, 0.1, 1.7])  # a tail, and two inner buckets
     torch.testing.assert_close(mixture.pdf(value), (first.pdf(value) + second.pdf(value)) / 2)
-    with pytest.raises(ValueError, match="same borders"):
-        RiemannDistribution.mixture([first, RiemannDistribution(torch.randn(3, 10), 2 * borders)])
+
+
+def test_mixture_of_members_on_borders_of_their_own_against_numeric_integration():
+    """Members on their own borders (a linear-readout model's views) make a `RiemannMixture`:
+    its density, cdf, quantiles, moments and expected improvement against integrals of the
+    members' average density."""
+    generator = torch.Generator().manual_seed(3)
+    z = torch.linspace(-3, 3, 41, dtype=torch.float64)
+    logits = -0.5 * ((z[1:] + z[:-1]) / 2) ** 2 + 0.3 * torch.randn(2, 40, generator=generator, dtype=torch.float64)
+    first, second = RiemannDistribution(logits[0], z), RiemannDistribution(logits[1], 0.7 + 1.5 * z)
+    mixture = RiemannDistribution.mixture([first, second])
+    assert isinstance(mixture, RiemannMixture)
+    y = torch.linspace(-6, 8, 57, dtype=torch.float64)
+    torch.testing.assert_close(mixture.pdf(y), (first.pdf(y) + second.pdf(y)) / 2)
+
+    def density(v: float) -> float:
+        return float(mixture.pdf(torch.tensor(v, dtype=torch.float64)))
+
+    cuts = sorted(set(first.borders.tolist()) | set(second.borders.tolist()))
+    pieces = list(zip([-np.inf, *cuts], [*cuts, np.inf], strict=True))
+
+    def integral(function) -> float:
+        return sum(integrate.quad(lambda v: function(v) * density(v), a, b, epsabs=1e-12)[0] for a, b in pieces)
+
+    assert integral(lambda v: 1.0) == pytest.approx(1.0, abs=1e-8)
+    mean = integral(lambda v: v)
+    assert mixture.mean.item() == pytest.approx(mean, abs=1e-7)
+    assert mixture.variance.item() == pytest.approx(integral(lambda v: (v - mean) ** 2), abs=1e-6)
+    for best in (-1.0, 0.5, 3.0):
+        gain = integral(lambda v, best=best: max(v - best, 0.0))
+        assert mixture.expected_improvement(best).item() == pytest.approx(gain, abs=1e-7)
+        assert mixture.cdf(best).item() == pytest.approx(1 - integral(lambda v, best=best: float(v > best)), abs=1e-7)
+    levels = torch.tensor([1e-4, 0.05, 0.5, 0.9, 0.9999], dtype=torch.float64)
+    torch.testing.assert_close(mixture.cdf(mixture.icdf(levels)), levels, atol=1e-9, rtol=0)
+    assert mixture.icdf(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist() == [-math.inf, math.inf]
+    draws = mixture.sample((20000,), torch.Generator().manual_seed(0))
+    assert draws.mean().item() == pytest.approx(mean, abs=4 * mixture.stddev.item() / math.sqrt(20000))
+
+
+def test_mixture_members_must_share_a_batch_shape():
+    borders = torch.linspace(-1, 1, 5)
+    with pytest.raises(ValueError, match="at least one member"):
+        RiemannMixture([])
+    with pytest.raises(ValueError, match="one batch shape"):
+        RiemannMixture([RiemannDistribution(torch.zeros(n, 4), borders) for n in (3, 2)])
 
 
 def test_categorical_mixture_averages_class_probabilities():

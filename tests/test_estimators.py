@@ -8,6 +8,7 @@ bundled datasets are skipped where those checkpoints are not present.
 
 import hashlib
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import pfn
 from pfn.checkpoint import CHECKPOINT_DIR, CheckpointError
 from pfn.cli import main
 from pfn.config import load_config
+from pfn.distributions import RiemannMixture
 from pfn.estimators import EXPECTED_FAILED_CHECKS, PFNClassifier, PFNRegressor
 from pfn.training import train
 from pfn.zoo import list_models, model_card
@@ -152,6 +154,24 @@ def test_string_labels_round_trip(tiny_classifier, classification_data):
     np.testing.assert_allclose(as_ints.predict_proba(X), probabilities)
 
 
+def test_ensemble_of_a_linear_readout_model_mixes_its_members(regression_data):
+    """The shipped gp places its buckets per query (model.linear_readout): members on borders of
+    their own make a RiemannMixture, in chunks or whole."""
+    X, y, X_test, y_test = regression_data
+    ensemble = PFNRegressor("gp", n_ensemble=3, random_state=0, chunk_size=6).fit(X, y)
+    distribution = ensemble.predict_distribution(X_test)
+    assert isinstance(distribution, RiemannMixture) and distribution.batch_shape == (len(X_test),)
+    model = pfn.load("gp")
+    members = [model.predict(X[:, m.feature_order], y, X_test[:, m.feature_order]) for m in ensemble.ensemble_]
+    targets = torch.as_tensor(y_test, dtype=torch.float32)
+    expected = torch.stack([member.log_prob(targets) for member in members]).logsumexp(0) - math.log(3)
+    np.testing.assert_allclose(ensemble.log_likelihood(X_test, y_test), expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ensemble.predict(X_test), distribution.mean.numpy(), rtol=1e-5, atol=1e-6)
+    bands = ensemble.predict_quantiles(X_test, (0.1, 0.5, 0.9))
+    assert (np.diff(bands, axis=1) > 0).all()
+    np.testing.assert_allclose(distribution.cdf(torch.as_tensor(bands[:, 1], dtype=torch.float32)), 0.5, atol=1e-4)
+
+
 def test_ensembles_are_reproducible_and_average_members(tiny_regressor, tiny_classifier, regression_data):
     X, y, X_test, _ = regression_data
     single = PFNRegressor(tiny_regressor).fit(X, y)
@@ -164,6 +184,9 @@ def test_ensembles_are_reproducible_and_average_members(tiny_regressor, tiny_cla
     members = [model.predict(X[:, m.feature_order], y, X_test[:, m.feature_order]) for m in a.ensemble_]
     mean_of_members = torch.stack([member.mean for member in members]).mean(0)
     np.testing.assert_allclose(a.predict(X_test), mean_of_members.numpy(), rtol=1e-4, atol=1e-5)
+    # Chunks and all at once agree.
+    chunked = PFNRegressor(tiny_regressor, n_ensemble=4, random_state=0, chunk_size=4).fit(X, y)
+    np.testing.assert_allclose(chunked.predict(X_test), a.predict(X_test), rtol=1e-5, atol=1e-6)
     labels = (X[:, 0] > 0.5).astype(int)
     classifier = PFNClassifier(tiny_classifier, n_ensemble=3, random_state=1).fit(X, labels)
     assert len({tuple(m.class_ids) for m in classifier.ensemble_}) > 1

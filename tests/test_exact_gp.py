@@ -1,11 +1,14 @@
 """The exact GP baseline against the closed-form posterior written in NumPy."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import pfn
 from pfn.baselines import exact_gp_predictive
+from pfn.distributions import RiemannMixture
 from pfn.ensemble import cube_symmetries, cube_view, symmetry_ensemble
 from priors import GPPrior, build_prior
 
@@ -126,6 +129,16 @@ def test_the_gp_posterior_is_invariant_to_the_symmetries_of_the_cube():
     assert not torch.allclose(prior.posterior_predictive(half, batch.y[:, :30], moved_query).mean, given.mean)
 
 
+def test_cube_symmetries_can_leave_out_the_identity():
+    order, reflect = cube_symmetries(50, 1, torch.Generator().manual_seed(0), exclude_identity=True)
+    assert reflect.all()  # with one feature the reflection is the only other symmetry
+    order, reflect = cube_symmetries(500, 2, torch.Generator().manual_seed(0), exclude_identity=True)
+    identity = (order == torch.arange(2)).all(-1) & ~reflect.any(-1)
+    assert not identity.any() and len({(*o.tolist(), *r.tolist()) for o, r in zip(order, reflect, strict=True)}) == 7
+    _, reflect = cube_symmetries(50, 1, torch.Generator().manual_seed(0))
+    assert not reflect.all()  # by default the identity is one of the draws
+
+
 def test_gp_symmetry_ensemble_mixes_the_model_over_cube_views(tiny_model_path):
     model = pfn.load(tiny_model_path)
     prior = build_prior(model.prior_spec)
@@ -135,7 +148,7 @@ def test_gp_symmetry_ensemble_mixes_the_model_over_cube_views(tiny_model_path):
     torch.testing.assert_close(symmetry_ensemble(model, *data, 1, torch.Generator()).probs, single.probs)
     ensemble = symmetry_ensemble(model, *data, 2, torch.Generator().manual_seed(9))
     # Member 1 by hand, from the same draw of the generator.
-    order, reflect = cube_symmetries(5, 2, torch.Generator().manual_seed(9))
+    order, reflect = cube_symmetries(5, 2, torch.Generator().manual_seed(9), exclude_identity=True)
     x_context, x_query = (cube_view(x, order, reflect, prior.x_range) for x in (data[0], data[2]))
     view = model.predict(x_context, data[1], x_query, normalize=False)
     torch.testing.assert_close(ensemble.probs, (single.probs + view.probs) / 2)
@@ -143,8 +156,16 @@ def test_gp_symmetry_ensemble_mixes_the_model_over_cube_views(tiny_model_path):
     assert torch.equal(ensemble.borders, single.borders)
 
 
-def test_symmetry_ensemble_of_a_linear_readout_model_is_refused():
+def test_symmetry_ensemble_of_a_linear_readout_model_is_an_exact_mixture_of_its_views():
     model = pfn.load("gp")  # shipped with a linear readout: each view has its own z borders
     batch = build_prior(model.prior_spec).sample(2, 12, 2, torch.Generator().manual_seed(4))
-    with pytest.raises(ValueError, match="linear readout"):
-        symmetry_ensemble(model, batch.x[:, :10], batch.y[:, :10], batch.x[:, 10:], 2, torch.Generator())
+    data = batch.x[:, :10], batch.y[:, :10], batch.x[:, 10:]
+    ensemble = symmetry_ensemble(model, *data, 2, torch.Generator().manual_seed(9))
+    assert isinstance(ensemble, RiemannMixture)
+    order, reflect = cube_symmetries(2, 2, torch.Generator().manual_seed(9), exclude_identity=True)
+    x_context, x_query = (cube_view(x, order, reflect, (0.0, 1.0)) for x in (data[0], data[2]))
+    members = [model.predict(*data, normalize=False), model.predict(x_context, data[1], x_query, normalize=False)]
+    assert not torch.equal(members[0].borders, members[1].borders)
+    y = batch.y[:, 10:]
+    expected = torch.stack([m.log_prob(y) for m in members]).logsumexp(0) - math.log(2)
+    torch.testing.assert_close(ensemble.log_prob(y), expected)

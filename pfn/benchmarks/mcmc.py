@@ -30,6 +30,7 @@ from pfn.benchmarks.common import (
 )
 from pfn.config import load_config
 from pfn.distributions import RiemannDistribution
+from pfn.ensemble import symmetry_ensemble
 from pfn.predictor import PFN
 from pfn.training import seeded_generators
 from priors import BNNPrior, GPPrior, Prior, build_prior
@@ -106,6 +107,26 @@ def pfn_scores(
     return {**_nll_stats("pfn", nll), **timings}, nll, dist
 
 
+def ensemble_scores(model: PFN, x_context, y_context, x_query, y_query, num_members: int, views) -> dict[str, Any]:
+    """NLL and seconds per dataset (batched) of the PFN averaged over `num_members` views of each
+    dataset under the prior's symmetries (`pfn.ensemble.symmetry_ensemble`)."""
+    device = model.device
+
+    def predict() -> Any:
+        data = (t.to(device) for t in (x_context, y_context, x_query))
+        mixture = symmetry_ensemble(model, *data, num_members, views)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return mixture
+
+    mixture, seconds = timed(predict)
+    nll = -mixture.log_prob(y_query.to(device)).double().mean(-1).cpu()
+    return _nll_stats("ensemble", nll) | {
+        "ensemble_seconds_batched": seconds / len(x_context),
+        "ensemble_per_dataset": nll.tolist(),
+    }
+
+
 def bench_rows(
     benchmark: str,
     model: PFN,
@@ -117,6 +138,7 @@ def bench_rows(
     seed: int,
     baselines: list[Any],
     cache: ResultCache,
+    ensemble: int = 1,
 ) -> list[dict[str, Any]]:
     too_many = [f for f in features if f > model.max_features]
     if too_many:
@@ -127,12 +149,14 @@ def bench_rows(
     cells = []
     for num_context in contexts:
         for num_features in features:
-            _, generator = seeded_generators(seed, BENCH_STREAM, STREAM_TAG[benchmark], num_context, num_features)
+            views, generator = seeded_generators(seed, BENCH_STREAM, STREAM_TAG[benchmark], num_context, num_features)
             batch = prior.sample(num_datasets, num_context + num_queries, num_features, generator)
             x_context, y_context = batch.x[:, :num_context], batch.y[:, :num_context]
             x_query, y_query = batch.x[:, num_context:], batch.y[:, num_context:]
             row, pfn_nll, pfn_dist = pfn_scores(model, x_context, y_context, x_query, y_query)
             row = {"context": num_context, "features": num_features, **row}
+            if ensemble > 1:
+                row |= ensemble_scores(model, x_context, y_context, x_query, y_query, ensemble, views)
             cells.append((row, pfn_nll, pfn_dist, x_context, y_context, x_query, y_query))
     progress = tqdm(total=len(cells) * num_datasets * len(baselines), desc="NUTS runs")
     rows = []
@@ -160,6 +184,11 @@ def bench_rows(
         difference = pfn_nll - best_nll
         row |= {"difference": difference.mean().item(), "difference_se": standard_error(difference)}
         row["per_dataset"] = {"pfn_nll": pfn_nll.tolist(), f"{baselines[-1].name}_nll": best_nll.tolist()}
+        if ensemble > 1:
+            ensemble_difference = torch.tensor(row.pop("ensemble_per_dataset"), dtype=torch.float64) - best_nll
+            row["ensemble_difference"] = ensemble_difference.mean().item()
+            row["ensemble_difference_se"] = standard_error(ensemble_difference)
+            row["per_dataset"]["ensemble_nll"] = (ensemble_difference + best_nll).tolist()
         if isinstance(prior, GPPrior):
             scores, per_dataset = _type2_scores(prior, x_context, y_context, x_query, y_query, pfn_dist)
             row |= scores
@@ -201,8 +230,9 @@ def _type2_scores(
 
 
 def methods(row: dict[str, Any]) -> list[str]:
-    """Baseline names in a row, in order: nuts-<budget>..., then type2ml if present."""
-    return [key[: -len("_nll")] for key in row if key.endswith("_nll") and key != "pfn_nll"]
+    """Baseline names in a row, in order: nuts-<budget>..., then type2ml if present (not the
+    PFN's ensemble)."""
+    return [key[: -len("_nll")] for key in row if key.endswith("_nll") and key not in ("pfn_nll", "ensemble_nll")]
 
 
 def speedup(row: dict[str, Any]) -> tuple[float, str]:
@@ -228,10 +258,18 @@ def markdown_tables(summary: list[dict[str, Any]]) -> str:
     if "type2ml_on_buckets" in summary[0]:
         lines[2] += " type2ml on PFN buckets |"
         lines[3] += "---:|"
+    with_ensemble = "ensemble_nll" in summary[0]
+    if with_ensemble:
+        largest_nuts = [m for m in names if m.startswith("nuts-")][-1]
+        lines[2] += f" PFN ensemble | ensemble - {largest_nuts} |"
+        lines[3] += "---:|---:|"
     for row in summary:
         cells = [f"{row[f'{m}_nll']:.3f} ± {row[f'{m}_nll_se']:.3f}" for m in ["pfn", *names]]
         if "type2ml_on_buckets" in row:
             cells.append(f"{row['type2ml_on_buckets']:.3f} ± {row['type2ml_on_buckets_se']:.3f}")
+        if with_ensemble:
+            cells.append(f"{row['ensemble_nll']:.3f} ± {row['ensemble_nll_se']:.3f}")
+            cells.append(f"{row['ensemble_difference']:+.3f} ± {row['ensemble_difference_se']:.3f}")
         lines.append(f"| {row['context']} | " + " | ".join(cells) + " |")
     if "type2ml_on_buckets" in summary[0]:
         lines += [
@@ -246,14 +284,19 @@ def markdown_tables(summary: list[dict[str, Any]]) -> str:
         "size and feature count, is listed in the JSON under nuts.compile_seconds), and the speedup of the PFN "
         "(single) over the cheapest NUTS budget at equal or better NLL.",
         "",
-        "| context | PFN batched | PFN single | " + " | ".join(names) + " | speedup |",
-        "|---:|---:|---:|" + "---:|" * len(names) + "---|",
+        "| context | PFN batched | PFN single | "
+        + ("PFN ensemble batched | " if with_ensemble else "")
+        + " | ".join(names)
+        + " | speedup |",
+        "|---:|---:|---:|" + ("---:|" if with_ensemble else "") + "---:|" * len(names) + "---|",
     ]
     for row in summary:
         factor, against = speedup(row)
         factor_text = f"{factor:,.0f}" if factor >= 10 else f"{factor:.2g}"
+        ensemble_time = f"{row['ensemble_seconds_batched']:.2e} | " if with_ensemble else ""
         lines.append(
             f"| {row['context']} | {row['pfn_seconds_batched']:.2e} | {row['pfn_seconds_single']:.2e} | "
+            + ensemble_time
             + " | ".join(f"{row[f'{m}_seconds']:.3g}" for m in names)
             + f" | {factor_text}x {against} |"
         )
@@ -278,12 +321,19 @@ def run_mcmc_bench(
     precision: str = "float32",
     tag: str = "",
     device: str = "cpu",
+    ensemble: int = 1,
 ) -> dict[str, Any]:
     """`nuts_cache`: a JSON file of NUTS results to reuse and extend (they do not depend on the
     PFN, so benchmarking another checkpoint of the same prior skips the hours of sampling).
-    `device`: where the PFN runs (NUTS and type-II ML run on one CPU thread)."""
+    `device`: where the PFN runs (NUTS and type-II ML run on one CPU thread). `ensemble` > 1
+    (gp-hyper) also scores the PFN averaged over that many views of each dataset under the GP
+    prior's symmetries (`pfn.ensemble.symmetry_ensemble`); the headline stays the single model's."""
     if benchmark not in BENCHMARK_CONFIGS:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARK_CONFIGS)}")
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+    if ensemble > 1 and benchmark != "gp-hyper":
+        raise ValueError(f"--ensemble needs a prior with known symmetries (gp-hyper), not {benchmark!r}")
     if not budgets or any(b < 2 for b in budgets):
         raise ValueError(f"budgets must be integers >= 2 (NUTS iterations per chain), got {list(budgets)}")
     model = load_for_bench(benchmark, model_name_or_path, seed, num_datasets, num_queries, precision, device)
@@ -306,7 +356,7 @@ def run_mcmc_bench(
     torch.set_num_threads(1)
     try:
         rows = bench_rows(
-            benchmark, model, prior, contexts, features, num_datasets, num_queries, seed, baselines, cache
+            benchmark, model, prior, contexts, features, num_datasets, num_queries, seed, baselines, cache, ensemble
         )
     finally:
         torch.set_num_threads(threads)
@@ -331,6 +381,7 @@ def run_mcmc_bench(
         queries_per_dataset=num_queries,
         seed=seed,
         pfn_precision=precision,
+        ensemble_members=ensemble,
         nuts={
             "budgets": budgets,
             "chains": num_chains,
