@@ -11,7 +11,7 @@ or, scikit-learn style: pfn.PFNRegressor().fit(X, y).predict(X_new); pfn.list_mo
 __version__ = "0.1.0"
 
 from pfn.checkpoint import CheckpointError  # noqa: E402
-from pfn.distributions import RiemannDistribution  # noqa: E402
+from pfn.distributions import RiemannDistribution, RiemannMixture  # noqa: E402
 from pfn.predictor import PFN, load  # noqa: E402
 from pfn.zoo import ModelCard, list_models, model_card  # noqa: E402
 
@@ -22,6 +22,7 @@ __all__ = [
     "PFNClassifier",
     "PFNRegressor",
     "RiemannDistribution",
+    "RiemannMixture",
     "list_models",
     "load",
     "model_card",
