@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import pfn
 from pfn.checkpoint import read_checkpoint
 from pfn.config import TrainConfig, load_config, resolve_speed
+from pfn.distributions import RiemannMixture
 from pfn.estimators import PFNRegressor
 from pfn.heads import LocationScaleHead, readout_borders
 from pfn.model import MAX_LOG_TEMPERATURE, TEMPERATURE_GAIN
@@ -419,12 +420,13 @@ def test_linear_readout_trains_and_round_trips(tmp_path):
     # the float32 rounding of the standardised y (y * (1 + 3e-7) moves its medians by up to 6e-5,
     # 100 y + 7 by 3.6e-4 relative on an AVX2 CPU); a units error would be off by 100x.
     torch.testing.assert_close(moved.median, 100 * dist.median + 7, atol=1e-3, rtol=1e-3)
-    # The sklearn-style estimator keeps each query's own buckets, and refuses an ensemble it cannot average.
+    # The sklearn-style estimator keeps each query's own buckets, and mixes an ensemble's members exactly.
     regressor = PFNRegressor(model=str(model.path), chunk_size=2).fit(x_context.numpy(), y_context.numpy())
     estimated = regressor.predict_distribution(x_query.numpy()).median
     torch.testing.assert_close(estimated, dist.median, atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="n_ensemble=2 needs a model whose buckets are shared"):
-        PFNRegressor(model=str(model.path), n_ensemble=2).fit(x_context.numpy(), y_context.numpy())
+    ensemble = PFNRegressor(model=str(model.path), n_ensemble=2, random_state=0)
+    ensemble.fit(x_context.numpy(), y_context.numpy())
+    assert isinstance(ensemble.predict_distribution(x_query.numpy()), RiemannMixture)
     # Heavier readout tails through init_from: Student-t buckets, and an output layer rebuilt to
     # give the model's own predictive on them within the old borders. Beyond them the floored
     # shares of the new buckets (`REBUCKET_MIN_SHARE`) can only lower the NLL of far targets.
