@@ -32,7 +32,27 @@ def _normal_sf(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.erfc(z / math.sqrt(2.0))
 
 
-class RiemannDistribution:
+class _RealPredictive:
+    """What follows from `log_prob`, `cdf`, `icdf` and `variance`, the same for every predictive
+    distribution over a real-valued target."""
+
+    def pdf(self, value: torch.Tensor | float) -> torch.Tensor:
+        return self.log_prob(value).exp()
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        return self.variance.sqrt()
+
+    @property
+    def median(self) -> torch.Tensor:
+        return self.icdf(0.5)
+
+    def probability_of_improvement(self, best: torch.Tensor | float, maximize: bool = True) -> torch.Tensor:
+        cdf = self.cdf(best)
+        return 1.0 - cdf if maximize else cdf
+
+
+class RiemannDistribution(_RealPredictive):
     """Predictive distribution over a real-valued target; one per query point.
 
     Args:
@@ -138,9 +158,6 @@ class RiemannDistribution:
         density = torch.where(bucket == 0, left, torch.where(bucket == self.num_buckets - 1, right, inner_density))
         return log_mass + density
 
-    def pdf(self, value: torch.Tensor | float) -> torch.Tensor:
-        return self.log_prob(value).exp()
-
     def cdf(self, value: torch.Tensor | float) -> torch.Tensor:
         value, shape = self._broadcast(value)
         bucket = self._bucket_of(value, shape)
@@ -214,14 +231,6 @@ class RiemannDistribution:
         return (self.probs * (within + spread)).sum(-1)
 
     @property
-    def stddev(self) -> torch.Tensor:
-        return self.variance.sqrt()
-
-    @property
-    def median(self) -> torch.Tensor:
-        return self.icdf(0.5)
-
-    @property
     def mode(self) -> torch.Tensor:
         """Location of the highest density (a bucket's midpoint, or a tail's inner border)."""
         peak_density = self.probs / self.widths
@@ -270,10 +279,6 @@ class RiemannDistribution:
         gains = torch.cat([left[..., None], inner[..., 1:-1], right[..., None]], dim=-1)
         return (probs * gains).sum(-1).clamp_min(0.0)
 
-    def probability_of_improvement(self, best: torch.Tensor | float, maximize: bool = True) -> torch.Tensor:
-        cdf = self.cdf(best)
-        return 1.0 - cdf if maximize else cdf
-
     # -- units ------------------------------------------------------------------------------
     def affine(self, loc: torch.Tensor | float, scale: torch.Tensor | float) -> RiemannDistribution:
         """The distribution of loc + scale * y; `scale` must be positive. Batched like the logits."""
@@ -301,7 +306,7 @@ class RiemannDistribution:
         return f"RiemannDistribution(batch_shape={tuple(self.batch_shape)}, num_buckets={self.num_buckets})"
 
 
-class RiemannMixture:
+class RiemannMixture(_RealPredictive):
     """The equal-weight mixture of bar distributions on borders of their own, one per query
     point; it answers what a `RiemannDistribution` answers, exactly, except `mode` (the densest
     of the members' modes) and the quantiles (by bisection on the cdf, to float64 precision).
@@ -328,9 +333,6 @@ class RiemannMixture:
         log_probs = self._stack([member.log_prob(value) for member in self.members])
         return log_probs.logsumexp(0) - math.log(len(self.members))
 
-    def pdf(self, value: torch.Tensor | float) -> torch.Tensor:
-        return self.log_prob(value).exp()
-
     def cdf(self, value: torch.Tensor | float) -> torch.Tensor:
         return self._stack([member.cdf(value) for member in self.members]).mean(0)
 
@@ -338,9 +340,11 @@ class RiemannMixture:
         """The inverse of `cdf`. The mixture's q-quantile lies between its members' q-quantiles
         (at the smallest, no member's cdf exceeds q; at the largest, none falls short of it), and
         bisection between them halves that interval each step."""
+        first = self.members[0].logits
+        quantile = torch.as_tensor(quantile, dtype=first.dtype, device=first.device)  # as a member's icdf takes it
         quantiles = self._stack([member.icdf(quantile) for member in self.members])
         low, high = quantiles.min(0).values.double(), quantiles.max(0).values.double()
-        target = torch.as_tensor(quantile, dtype=torch.float64, device=low.device).expand(low.shape)
+        target = quantile.double().expand(low.shape)
         finite = low.isfinite() & high.isfinite()
         low, high = torch.where(finite, low, 0.0), torch.where(finite, high, 0.0)
         members = [RiemannDistribution(m.logits.double(), m.borders.double()) for m in self.members]
@@ -365,14 +369,6 @@ class RiemannMixture:
         return variances.mean(0) + means.var(0, unbiased=False)
 
     @property
-    def stddev(self) -> torch.Tensor:
-        return self.variance.sqrt()
-
-    @property
-    def median(self) -> torch.Tensor:
-        return self.icdf(0.5)
-
-    @property
     def mode(self) -> torch.Tensor:
         """The densest of the members' modes (a mixture's own mode can lie between them)."""
         candidates = self._stack([member.mode for member in self.members])  # [M, ...]
@@ -390,10 +386,6 @@ class RiemannMixture:
 
     def expected_improvement(self, best: torch.Tensor | float, maximize: bool = True) -> torch.Tensor:
         return self._stack([member.expected_improvement(best, maximize) for member in self.members]).mean(0)
-
-    def probability_of_improvement(self, best: torch.Tensor | float, maximize: bool = True) -> torch.Tensor:
-        cdf = self.cdf(best)
-        return 1.0 - cdf if maximize else cdf
 
     def affine(self, loc: torch.Tensor | float, scale: torch.Tensor | float) -> RiemannMixture:
         """The distribution of loc + scale * y; `scale` must be positive."""

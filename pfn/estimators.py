@@ -244,7 +244,7 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
             raise ValueError(f"quantiles must be levels strictly between 0 and 1, got {list(quantiles)}")
         columns = []
         for chunk in self._distributions(X):
-            level = torch.as_tensor(levels, dtype=chunk.mean.dtype, device=chunk.mean.device)
+            level = torch.as_tensor(levels)  # the distribution takes it to its own dtype and device
             columns.append(chunk.icdf(level[:, None].expand(-1, *chunk.batch_shape)).T.double().cpu().numpy())
         return np.concatenate(columns)
 
@@ -254,7 +254,7 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
         X, y = validate_data(self, X, y, reset=False, dtype=np.float64, y_numeric=True)
         values = []
         for chunk, targets in zip(self._distributions(X), self._chunks(y), strict=True):
-            values.append(chunk.log_prob(torch.as_tensor(targets, device=chunk.mean.device)).double().cpu().numpy())
+            values.append(chunk.log_prob(torch.as_tensor(targets)).double().cpu().numpy())
         return np.concatenate(values)
 
 

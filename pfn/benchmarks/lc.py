@@ -27,6 +27,7 @@ from pfn.benchmarks.common import (
     assemble_result,
     results_name,
     standard_error,
+    synchronize,
     timed,
     write_results,
 )
@@ -54,8 +55,7 @@ def timed_cpu(function, *args) -> tuple[Any, float, float]:
 def pfn_forecast(model: PFN, observed: torch.Tensor, epochs: torch.Tensor):
     """The PFN's predictive for curves in the prior's units, finished (synchronised) on a GPU so it can be timed."""
     distribution = predict_in_prior_units(model, observed, epochs)
-    if distribution.logits.is_cuda:
-        torch.cuda.synchronize()
+    synchronize(distribution.logits.device)
     return distribution
 
 

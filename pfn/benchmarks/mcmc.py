@@ -25,6 +25,7 @@ from pfn.benchmarks.common import (
     load_for_bench,
     results_name,
     standard_error,
+    synchronize,
     timed,
     write_results,
 )
@@ -83,8 +84,7 @@ def finished_prediction(model: PFN, x_context, y_context, x_query) -> RiemannDis
     (synchronised) on a GPU, so that it can be timed."""
     device = model.device
     dist = model.predict(x_context.to(device), y_context.to(device), x_query.to(device), normalize=False)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return dist
 
 
@@ -115,8 +115,7 @@ def ensemble_scores(model: PFN, x_context, y_context, x_query, y_query, num_memb
     def predict() -> Any:
         data = (t.to(device) for t in (x_context, y_context, x_query))
         mixture = symmetry_ensemble(model, *data, num_members, views)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         return mixture
 
     mixture, seconds = timed(predict)
@@ -185,10 +184,10 @@ def bench_rows(
         row |= {"difference": difference.mean().item(), "difference_se": standard_error(difference)}
         row["per_dataset"] = {"pfn_nll": pfn_nll.tolist(), f"{baselines[-1].name}_nll": best_nll.tolist()}
         if ensemble > 1:
-            ensemble_difference = torch.tensor(row.pop("ensemble_per_dataset"), dtype=torch.float64) - best_nll
+            row["per_dataset"]["ensemble_nll"] = row.pop("ensemble_per_dataset")
+            ensemble_difference = torch.tensor(row["per_dataset"]["ensemble_nll"], dtype=torch.float64) - best_nll
             row["ensemble_difference"] = ensemble_difference.mean().item()
             row["ensemble_difference_se"] = standard_error(ensemble_difference)
-            row["per_dataset"]["ensemble_nll"] = (ensemble_difference + best_nll).tolist()
         if isinstance(prior, GPPrior):
             scores, per_dataset = _type2_scores(prior, x_context, y_context, x_query, y_query, pfn_dist)
             row |= scores

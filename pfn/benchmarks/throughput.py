@@ -41,6 +41,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from pfn.benchmarks.common import synchronize
 from pfn.benchmarks.train_arguments import MEASUREMENTS, add_arguments, speed_options
 from pfn.config import Config, resolve_speed
 from pfn.heads import borders_from_samples
@@ -120,11 +121,6 @@ def preset_config(
             },
         }
     ).validate()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed_loop(function: Callable[[], Any], device: torch.device, warmup_s: float, seconds: float) -> dict[str, float]:
