@@ -152,13 +152,25 @@ def test_bench_bnn_end_to_end(tmp_path, monkeypatch):
 
     # gp-hyper (forced onto configs/gp_hyper.yaml's prior): type-II ML too, and per dataset how
     # sharp its predictive is and how much wider the PFN's.
-    main(["bench", "gp-hyper", "--model", str(gp_path), "--force", *args[4:], "--out_dir", str(tmp_path / "gph")])
+    # With --ensemble 2 also the PFN averaged over two views of each dataset (its own columns,
+    # not a baseline's).
+    gph_args = ["bench", "gp-hyper", "--model", str(gp_path), "--force", *args[4:], "--ensemble", "2"]
+    main([*gph_args, "--out_dir", str(tmp_path / "gph")])
     result = json.loads(next((tmp_path / "gph").glob("gp-hyper-*.json")).read_text())
+    assert result["ensemble_members"] == 2
     for row in result["rows"]:
         per_dataset = row["per_dataset"]
         assert len(per_dataset["type2ml_std_over_context_std"]) == 2
         assert all(ratio > 0 for ratio in per_dataset["pfn_std_over_type2ml_std"])
         assert math.isfinite(row["type2ml_nll"]) and math.isfinite(row["type2ml_on_buckets"])
+        assert row["ensemble_nll"] == pytest.approx(np.mean(per_dataset["ensemble_nll"]))
+        assert row["ensemble_difference"] == pytest.approx(row["ensemble_nll"] - row["nuts-6_nll"])
+        assert row["ensemble_nll"] != row["pfn_nll"] and row["ensemble_seconds_batched"] > 0
+    markdown = next((tmp_path / "gph").glob("gp-hyper-*.md")).read_text()
+    assert "| type2ml on PFN buckets | PFN ensemble | ensemble - nuts-6 |" in markdown
+    # The BNN prior's symmetries are not known to the ensemble: a clear error before any work.
+    with pytest.raises(SystemExit, match="known symmetries"):
+        main([*args, "--ensemble", "2", "--out_dir", str(tmp_path / "refused")])
 
 
 @pytest.mark.gpu
