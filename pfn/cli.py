@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         "--ensemble",
         type=int,
         default=1,
-        help="gp, gp-hyper, gmm: also score the PFN averaged over N views of each dataset under the prior's "
-        "symmetries (gp, gp-hyper: features reordered and reflected; gmm: rotated inputs, relabelled classes)",
+        help="gp, gp-hyper, bnn, gmm: also score the PFN averaged over N views of each dataset under the prior's "
+        "symmetries (gp, gp-hyper, bnn: features reordered and reflected; gmm: rotated inputs, relabelled classes)",
     )
     bench.add_argument("--seed", type=int, default=12345, help="held-out seed (training uses other streams)")
     bench.add_argument("--out_dir", default="benchmarks/results")

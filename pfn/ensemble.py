@@ -11,17 +11,22 @@ over feature orders and label ids the same way; a rotation contains those featur
 Under the GP prior (priors/gp.py: inputs uniform in a cube, an isotropic stationary kernel) the same
 holds for the symmetries of the cube: permuting the features and reflecting any of them about the
 cube's centre. (Every rigid motion leaves the GP's posterior alone, but only these keep the inputs
-where the network saw them in training.)
+where the network saw them in training.) And under the BNN prior (priors/bnn.py: inputs uniform in
+the unit cube, centred before the first layer, whose weights are independent standard normals):
+a reordered and reflected input is the same network with the first layer's rows reordered and
+negated, a weight matrix exactly as probable.
 """
 
 from __future__ import annotations
+
+import math
 
 import einops
 import torch
 
 from pfn.distributions import CategoricalDistribution, RiemannDistribution, RiemannMixture
 from pfn.predictor import PFN
-from priors import GMMPrior, GPPrior, build_prior
+from priors import BNNPrior, GMMPrior, GPPrior, build_prior
 
 
 def random_rotations(batch_size: int, num_features: int, generator: torch.Generator) -> torch.Tensor:
@@ -48,6 +53,38 @@ def cube_symmetries(
     return order, reflect
 
 
+def cube_view_plan(
+    batch_size: int, num_features: int, num_views: int, generator: torch.Generator
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`num_views` symmetries of the cube per dataset (each as `cube_symmetries` gives them), the
+    identity first: each dataset runs through all 2^f f! of them in its own random order before
+    any repeats, so an ensemble over the views weighs every distinct one equally where it can.
+    (Drawn independently, 8 views of one feature would be the data once and its reflection 7 times.)"""
+    group_size = 2**num_features * math.factorial(num_features)
+    identity = (
+        torch.arange(num_features).expand(batch_size, -1),
+        torch.zeros(batch_size, num_features, dtype=torch.bool),
+    )
+    views: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for index in range(num_views):
+        if index % group_size == 0:
+            views.append(identity)
+            continue
+        order, reflect = cube_symmetries(batch_size, num_features, generator, exclude_identity=True)
+        this_round = views[index - index % group_size + 1 :]  # the identity is never drawn
+        while True:
+            seen = torch.zeros(batch_size, dtype=torch.bool)
+            for earlier_order, earlier_reflect in this_round:
+                seen |= (order == earlier_order).all(-1) & (reflect == earlier_reflect).all(-1)
+            if not seen.any():
+                break
+            order[seen], reflect[seen] = cube_symmetries(
+                int(seen.sum()), num_features, generator, exclude_identity=True
+            )
+        views.append((order, reflect))
+    return views
+
+
 def cube_view(
     x: torch.Tensor, order: torch.Tensor, reflect: torch.Tensor, x_range: tuple[float, float]
 ) -> torch.Tensor:
@@ -68,8 +105,9 @@ def symmetry_ensemble(
 ) -> CategoricalDistribution | RiemannDistribution | RiemannMixture:
     """The model's predictive averaged over `num_members` views of each dataset (an equal-weight
     mixture); member 0 is the data as given, every other one a random symmetry of the prior: for
-    a GMM classifier a rotation of the inputs with random class ids, for a GP regressor a
-    symmetry of the input cube (features reordered and reflected). A regressor with a linear
+    a GMM classifier a rotation of the inputs with random class ids, for a GP or BNN regressor a
+    symmetry of the input cube (features reordered and reflected; all 2^f f! of them, in a random
+    order per dataset, before any repeats: `cube_view_plan`). A regressor with a linear
     readout places each view's buckets around that view's location and scale, so its ensemble
     is a `RiemannMixture`; any other's members share their borders and mix into one bar
     distribution.
@@ -85,17 +123,19 @@ def symmetry_ensemble(
     prior = build_prior(model.prior_spec)
     if model.is_classifier and isinstance(prior, GMMPrior):
         return _gmm_ensemble(model, prior, x_context, y_context, x_query, num_members, generator)
-    if not model.is_classifier and isinstance(prior, GPPrior):
-        return _gp_ensemble(model, prior, x_context, y_context, x_query, num_members, generator)
+    if not model.is_classifier and isinstance(prior, GPPrior | BNNPrior):
+        scaling = prior.input_scaling()
+        x_range = (scaling.low, scaling.high)
+        return _cube_ensemble(model, x_range, x_context, y_context, x_query, num_members, generator)
     raise ValueError(
-        "symmetry ensembles need a classifier of a GMM prior or a regressor of a GP prior (the priors "
-        f"here whose symmetries are known); this model's prior is {model.prior_spec}"
+        "symmetry ensembles need a classifier of a GMM prior or a regressor of a GP or BNN prior (the "
+        f"priors here whose symmetries are known); this model's prior is {model.prior_spec}"
     )
 
 
-def _gp_ensemble(
+def _cube_ensemble(
     model: PFN,
-    prior: GPPrior,
+    x_range: tuple[float, float],
     x_context: torch.Tensor,
     y_context: torch.Tensor,
     x_query: torch.Tensor,
@@ -103,12 +143,9 @@ def _gp_ensemble(
     generator: torch.Generator,
 ) -> RiemannDistribution | RiemannMixture:
     members = [model.predict(x_context, y_context, x_query, normalize=False)]
-    for _ in range(num_members - 1):
-        # Not the identity, which would only repeat member 0 (with one feature the reflection is
-        # the one other view).
-        symmetries = cube_symmetries(*x_context.shape[::2], generator, exclude_identity=True)
+    for symmetries in cube_view_plan(x_context.shape[0], x_context.shape[-1], num_members, generator)[1:]:
         order, reflect = (t.to(x_context.device) for t in symmetries)
-        x_context_view, x_query_view = (cube_view(x, order, reflect, prior.x_range) for x in (x_context, x_query))
+        x_context_view, x_query_view = (cube_view(x, order, reflect, x_range) for x in (x_context, x_query))
         members.append(model.predict(x_context_view, y_context, x_query_view, normalize=False))
     # y is the same in every view, and so is its standardisation (data.standardize_y): without a
     # linear readout the members share their borders.

@@ -1,11 +1,14 @@
 """BNN prior: shapes, determinism, per-dataset hyperparameters, and a tiny training run on it."""
 
+import dataclasses
 import math
 
+import einops
 import pytest
 import torch
 
 import pfn
+from pfn.ensemble import cube_symmetries, cube_view, symmetry_ensemble
 from pfn.training import train
 from priors import BNNPrior, build_prior
 from tests.conftest import tiny_config
@@ -53,6 +56,40 @@ def test_padding_is_the_same_as_a_network_of_its_own_size():
     h = torch.tanh(1.3 / math.sqrt(w) * h @ params.weights[1][0, :w, :w] + s_b * params.biases[1][0, :w])
     f = h @ params.readout[0, :w] / math.sqrt(w)
     assert torch.allclose(prior.forward(x, params)[0], f, atol=1e-5)
+
+
+def test_the_bnn_prior_is_invariant_to_the_symmetries_of_the_cube():
+    """What `pfn.ensemble.symmetry_ensemble` relies on for a BNN regressor: a view of the inputs
+    (features reordered, some reflected about 1/2) is the same network with the first layer's rows
+    reordered and negated; those raw weights are i.i.d. standard normal, so the two networks are
+    equally probable, and every dataset as probable as its view."""
+    prior = BNNPrior(min_depth=1, max_depth=3, max_width=16)
+    params = prior.sample_parameters(6, 3, torch.Generator().manual_seed(3))
+    x = torch.rand(6, 25, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    order, reflect = cube_symmetries(6, 3, torch.Generator().manual_seed(0), exclude_identity=True)
+    view = cube_view(x, order, reflect, (0.0, 1.0))
+    # Row j of the view's first layer is row order[j] of the original's, negated where reflected.
+    first = params.weights[0].double()
+    moved = first.gather(1, einops.repeat(order, "b f -> b f w", w=first.shape[-1]))
+    moved = torch.where(reflect[:, :, None], -moved, moved)
+    params_view = dataclasses.replace(params, weights=[moved, *params.weights[1:]])
+    torch.testing.assert_close(prior.forward(view, params_view), prior.forward(x, params), rtol=1e-10, atol=1e-10)
+    # The view with the original network is another function (the test can fail).
+    assert not torch.allclose(prior.forward(view, params), prior.forward(x, params), atol=1e-3)
+
+
+def test_bnn_symmetry_ensemble_averages_the_model_over_cube_views(tmp_path):
+    config = tiny_config(tmp_path, "--train.max_steps", "3")
+    config.prior = dict(SMALL_BNN)
+    model = pfn.load(train(config))
+    batch = build_prior(model.prior_spec).sample(4, 16, 2, torch.Generator().manual_seed(5))
+    data = batch.x[:, :12], batch.y[:, :12], batch.x[:, 12:]
+    ensemble = symmetry_ensemble(model, *data, 2, torch.Generator().manual_seed(9))
+    order, reflect = cube_symmetries(4, 2, torch.Generator().manual_seed(9), exclude_identity=True)
+    x_context, x_query = (cube_view(x, order, reflect, (0.0, 1.0)) for x in (data[0], data[2]))
+    members = [model.predict(*data, normalize=False), model.predict(x_context, data[1], x_query, normalize=False)]
+    torch.testing.assert_close(ensemble.probs, (members[0].probs + members[1].probs) / 2)
+    assert not torch.allclose(ensemble.probs, members[0].probs, atol=1e-5)
 
 
 def test_bnn_prior_rejects_bad_arguments():

@@ -165,7 +165,11 @@ def test_ensemble_of_a_linear_readout_model_mixes_its_members(regression_data):
     members = [model.predict(X[:, m.feature_order], y, X_test[:, m.feature_order]) for m in ensemble.ensemble_]
     targets = torch.as_tensor(y_test, dtype=torch.float32)
     expected = torch.stack([member.log_prob(targets) for member in members]).logsumexp(0) - math.log(3)
-    np.testing.assert_allclose(ensemble.log_likelihood(X_test, y_test), expected.numpy(), rtol=1e-5, atol=1e-5)
+    # Chunks of 6 queries against all 15 at once: the readout's float32 features of the same context
+    # come out of GEMMs of other shapes, which some CPUs block differently (an Intel Xeon differed
+    # in the 7th digit), and its nearly noiseless solve amplifies that to ~3e-4 in the
+    # log-likelihood. A wrong mixture would be off by tenths.
+    np.testing.assert_allclose(ensemble.log_likelihood(X_test, y_test), expected.numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(ensemble.predict(X_test), distribution.mean.numpy(), rtol=1e-5, atol=1e-6)
     bands = ensemble.predict_quantiles(X_test, (0.1, 0.5, 0.9))
     assert (np.diff(bands, axis=1) > 0).all()

@@ -9,7 +9,7 @@ import torch
 import pfn
 from pfn.baselines import exact_gp_predictive
 from pfn.distributions import RiemannMixture
-from pfn.ensemble import cube_symmetries, cube_view, symmetry_ensemble
+from pfn.ensemble import cube_symmetries, cube_view, cube_view_plan, symmetry_ensemble
 from priors import GPPrior, build_prior
 
 
@@ -137,6 +137,23 @@ def test_cube_symmetries_can_leave_out_the_identity():
     assert not identity.any() and len({(*o.tolist(), *r.tolist()) for o, r in zip(order, reflect, strict=True)}) == 7
     _, reflect = cube_symmetries(50, 1, torch.Generator().manual_seed(0))
     assert not reflect.all()  # by default the identity is one of the draws
+
+
+def test_cube_view_plans_run_through_every_symmetry_before_repeating_one():
+    def keys(views, dataset):
+        return [(*order[dataset].tolist(), *reflect[dataset].tolist()) for order, reflect in views]
+
+    one_feature = cube_view_plan(3, 1, 5, torch.Generator().manual_seed(0))
+    assert all(keys(one_feature, d) == [(0, False), (0, True)] * 2 + [(0, False)] for d in range(3))
+    two_features = cube_view_plan(40, 2, 10, torch.Generator().manual_seed(1))
+    identity = (0, 1, False, False)
+    for dataset in range(40):
+        views = keys(two_features, dataset)
+        assert views[0] == views[8] == identity and len(set(views[:8])) == 8 and views[9] != identity
+    assert len({keys(two_features, d)[1] for d in range(40)}) == 7  # each dataset its own order
+    # Member 1 is `cube_symmetries`' first draw without the identity (as the ensemble tests rebuild it).
+    order, reflect = cube_symmetries(40, 2, torch.Generator().manual_seed(1), exclude_identity=True)
+    assert torch.equal(two_features[1][0], order) and torch.equal(two_features[1][1], reflect)
 
 
 def test_gp_symmetry_ensemble_mixes_the_model_over_cube_views(tiny_model_path):

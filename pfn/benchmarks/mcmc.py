@@ -325,14 +325,12 @@ def run_mcmc_bench(
     """`nuts_cache`: a JSON file of NUTS results to reuse and extend (they do not depend on the
     PFN, so benchmarking another checkpoint of the same prior skips the hours of sampling).
     `device`: where the PFN runs (NUTS and type-II ML run on one CPU thread). `ensemble` > 1
-    (gp-hyper) also scores the PFN averaged over that many views of each dataset under the GP
-    prior's symmetries (`pfn.ensemble.symmetry_ensemble`); the headline stays the single model's."""
+    also scores the PFN averaged over that many views of each dataset under the prior's
+    symmetries (`pfn.ensemble.symmetry_ensemble`); the headline stays the single model's."""
     if benchmark not in BENCHMARK_CONFIGS:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARK_CONFIGS)}")
     if ensemble < 1:
         raise ValueError(f"ensemble must be >= 1, got {ensemble}")
-    if ensemble > 1 and benchmark != "gp-hyper":
-        raise ValueError(f"--ensemble needs a prior with known symmetries (gp-hyper), not {benchmark!r}")
     if not budgets or any(b < 2 for b in budgets):
         raise ValueError(f"budgets must be integers >= 2 (NUTS iterations per chain), got {list(budgets)}")
     model = load_for_bench(benchmark, model_name_or_path, seed, num_datasets, num_queries, precision, device)
