@@ -5,7 +5,10 @@ with the exact GP predictive given the hyperparameters the dataset was drawn wit
 NUTS, which averages over their posterior, is a little wider). It splits the NLL gap by what a
 Gaussian would score with the exact width at the PFN's median (location alone) and with the PFN's
 width at the exact mean (width alone), and measures both in units of the context's standard
-deviation, against how sharp the exact predictive is.
+deviation, against how sharp the exact predictive is. And it splits the width's error into a level
+per dataset (the mean over its queries of log(PFN std / exact std)) and a shape within the
+dataset: a Gaussian at the exact mean with the PFN's width moved to the exact level per dataset
+scores what a right level alone would give.
 
     python benchmarks/gp_hyper_precision.py [MODEL] [--out FILE.md]
 """
@@ -34,7 +37,8 @@ def main() -> None:
     model = pfn.load(args.model)
     prior = build_prior(model.config.prior)
     lines = [
-        f"# `{args.model}`: location or width? (`python benchmarks/gp_hyper_precision.py {args.model}`)",
+        f"# `{args.model}`: location or width? "
+        f"(`python benchmarks/gp_hyper_precision.py {args.model} --datasets {args.datasets}`)",
         "",
         f"{args.datasets} datasets x {args.queries} queries per context size, 1 feature, seed {args.seed}; gaps are",
         "NLL per query point above the exact GP predictive given the drawn hyperparameters (an oracle).",
@@ -44,7 +48,7 @@ def main() -> None:
         "| median abs z | abs z q90 | abs z q99 | std ratio (median) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    precision_rows = []
+    precision_rows, level_rows = [], []
     for n in (10, 50, 100):
         batch = prior.sample(args.datasets, n + args.queries, 1, torch.Generator().manual_seed(args.seed + n))
         x, y = batch.x, batch.y
@@ -67,6 +71,17 @@ def main() -> None:
                 f"| {width_only[mask].mean():+.3f} | {z[mask].median():.2f} | {z[mask].quantile(0.9):.1f} "
                 f"| {z[mask].quantile(0.99):.1f} | {(std / exact.scale)[mask].median():.2f} |"
             )
+        log_ratio = (std / exact.scale).log()  # [datasets, queries]
+        level = log_ratio.mean(1, keepdim=True)
+        shape, exact_shape = log_ratio - level, exact.scale.log() - exact.scale.log().mean(1, keepdim=True)
+        correlation = (shape + exact_shape) * exact_shape  # log PFN std's deviation times the exact one's
+        correlation = correlation.sum(1) / ((shape + exact_shape).square().sum(1) * exact_shape.square().sum(1)).sqrt()
+        level_only = -torch.distributions.Normal(exact.loc, std / level.exp()).log_prob(targets) - exact_nll
+        level_rows.append(
+            f"| {n} | {level.mean():+.2f} | {level.std():.2f} | {correlation.median():.3f} "
+            f"| {(shape + exact_shape).std(1).median() / exact_shape.std(1).median():.2f} | {gap.mean():+.3f} "
+            f"| {width_only.mean():+.3f} | {level_only.mean():+.3f} |"
+        )
         if n == 100:
             location_error = (median - exact.loc).abs() / context_std
             for low, high in SHARPNESS_BINS:
@@ -86,6 +101,14 @@ def main() -> None:
         "| exact std / context std | queries | abs(PFN median - exact mean), median | q90 | PFN std, median |",
         "|---|---:|---:|---:|---:|",
         *precision_rows,
+        "",
+        "The width's level per dataset (mean over its queries of log(PFN std / exact std)) and its shape",
+        "within the dataset (log std about that mean), all queries:",
+        "",
+        "| context | level, mean | level, sd over datasets | shape: correlation with the exact (median) "
+        "| shape: spread / the exact's | gap | gap, PFN width at exact mean | the same at the exact level |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *level_rows,
         "",
         f"The head's buckets are {central:.1e} context std wide around the context mean (median over [-0.5, 0.5]).",
     ]
