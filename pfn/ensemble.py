@@ -26,7 +26,20 @@ import torch
 
 from pfn.distributions import CategoricalDistribution, RiemannDistribution, RiemannMixture
 from pfn.predictor import PFN
-from priors import BNNPrior, GMMPrior, GPPrior, build_prior
+from priors import BNNPrior, GMMPrior, GPPrior, MinMaxPrior, MixturePrior, Prior, build_prior
+
+
+def has_cube_symmetries(prior: Prior) -> bool:
+    """Whether reordering a dataset's features and reflecting any of them leaves its probability
+    under `prior` alone (see the module docstring): true of the GP, BNN and GMM priors (for the
+    GMM a reflection is one of its rotations), of mixtures of such priors, and of them min-max
+    scaled (scaling commutes with reordering and reflecting); not of learning curves, whose one
+    input is time."""
+    if isinstance(prior, MixturePrior):
+        return all(has_cube_symmetries(component) for component in prior.components)
+    if isinstance(prior, MinMaxPrior):
+        return has_cube_symmetries(prior.prior)
+    return isinstance(prior, GPPrior | BNNPrior | GMMPrior)
 
 
 def random_rotations(batch_size: int, num_features: int, generator: torch.Generator) -> torch.Tensor:
@@ -123,13 +136,12 @@ def symmetry_ensemble(
     prior = build_prior(model.prior_spec)
     if model.is_classifier and isinstance(prior, GMMPrior):
         return _gmm_ensemble(model, prior, x_context, y_context, x_query, num_members, generator)
-    if not model.is_classifier and isinstance(prior, GPPrior | BNNPrior):
+    if not model.is_classifier and has_cube_symmetries(prior) and prior.input_scaling().kind == "range":
         scaling = prior.input_scaling()
-        x_range = (scaling.low, scaling.high)
-        return _cube_ensemble(model, x_range, x_context, y_context, x_query, num_members, generator)
+        return _cube_ensemble(model, (scaling.low, scaling.high), x_context, y_context, x_query, num_members, generator)
     raise ValueError(
-        "symmetry ensembles need a classifier of a GMM prior or a regressor of a GP or BNN prior (the "
-        f"priors here whose symmetries are known); this model's prior is {model.prior_spec}"
+        "symmetry ensembles need a classifier of a GMM prior or a regressor of a GP or BNN prior (or a "
+        f"mixture of them: the priors here whose symmetries are known); this model's prior is {model.prior_spec}"
     )
 
 

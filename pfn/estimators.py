@@ -34,6 +34,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pfn.checkpoint import resolve_checkpoint
 from pfn.distributions import CategoricalDistribution, RiemannDistribution, RiemannMixture
+from pfn.ensemble import cube_view_plan, has_cube_symmetries
 from pfn.predictor import PFN
 
 DEFAULT_REGRESSOR = "regressor"
@@ -68,10 +69,16 @@ def _resolve_device(device: str) -> str:
 
 @dataclass(frozen=True)
 class EnsembleMember:
-    """One test-time view of the data: a feature order and (classification) the label ids used."""
+    """One test-time view of the data: a feature order, which of the reordered features are
+    negated, and (classification) the label ids used."""
 
     feature_order: np.ndarray  # [features], a permutation
+    negated: np.ndarray  # [features] bool, after reordering
     class_ids: np.ndarray | None = None  # [classes_], distinct ids in 0..num_classes-1
+
+    def view(self, X: np.ndarray) -> np.ndarray:
+        reordered = X[:, self.feature_order]
+        return np.where(self.negated, -reordered, reordered)
 
 
 class _PFNEstimator(BaseEstimator):
@@ -134,14 +141,30 @@ class _PFNEstimator(BaseEstimator):
         self.y_context_ = y
 
     def _draw_ensemble(self, num_classes: int | None = None) -> None:
-        """Member 0 is the data as given; the others permute the features (and the label ids)."""
+        """Member 0 is the data as given; the others reorder the features, and negate some where
+        the model's prior is symmetric under that (`pfn.ensemble.has_cube_symmetries`; once
+        normalised into the prior's units a negated feature is reflected), running through
+        every such view before repeating one; and for a classifier use other label ids."""
         rng = check_random_state(self.random_state)
         num_features = self.X_context_.shape[1]
-        members = [EnsembleMember(np.arange(num_features), None if num_classes is None else np.arange(num_classes))]
-        for _ in range(self.n_ensemble - 1):
-            order = rng.permutation(num_features)
-            ids = None if num_classes is None else rng.permutation(self.model_.config.model.num_classes)[:num_classes]
-            members.append(EnsembleMember(order, ids))
+        if has_cube_symmetries(self.model_.prior):
+            generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
+            plan = cube_view_plan(1, num_features, self.n_ensemble, generator)
+            views = [(order[0].numpy(), negated[0].numpy()) for order, negated in plan]
+        else:  # feature orders alone
+            identity = np.arange(num_features)
+            views = [
+                (identity if i == 0 else rng.permutation(num_features), identity < 0) for i in range(self.n_ensemble)
+            ]
+        members = []
+        for index, (order, negated) in enumerate(views):
+            if num_classes is None:
+                ids = None
+            elif index == 0:
+                ids = np.arange(num_classes)
+            else:
+                ids = rng.permutation(self.model_.config.model.num_classes)[:num_classes]
+            members.append(EnsembleMember(order, negated, ids))
         self.ensemble_ = members
 
     # -- predicting -------------------------------------------------------------------------
@@ -158,8 +181,7 @@ class _PFNEstimator(BaseEstimator):
     def _member_prediction(
         self, member: EnsembleMember, y_context: np.ndarray, X: np.ndarray
     ) -> RiemannDistribution | CategoricalDistribution:
-        order = member.feature_order
-        return self.model_.predict(self.X_context_[:, order], y_context, X[:, order])
+        return self.model_.predict(member.view(self.X_context_), y_context, member.view(X))
 
 
 class PFNRegressor(RegressorMixin, _PFNEstimator):
@@ -171,8 +193,10 @@ class PFNRegressor(RegressorMixin, _PFNEstimator):
             None means the default regression model, "regressor".
         device: "auto" (a GPU if there is one), "cpu", "cuda", ...
         n_ensemble: test-time ensemble size; members beyond the first see the features in
-            another random order, and their predictive distributions are averaged. 1 = off.
-        random_state: seed of the ensemble's feature orders.
+            another random order, some negated where the model's prior allows it (a GP or BNN
+            prior: with one feature the data and its mirror image), and their predictive
+            distributions are averaged. 1 = off.
+        random_state: seed of the ensemble's views.
         chunk_size: query points per forward pass (bounds memory for large X).
         precision: "float32", or "bfloat16" for the network's matrix products (faster on a GPU
             and on CPUs with AVX512-BF16/AMX; the predictive distribution stays float32).
@@ -270,9 +294,10 @@ class PFNClassifier(ClassifierMixin, _PFNEstimator):
             None means the default classification model, "classifier".
         device: "auto" (a GPU if there is one), "cpu", "cuda", ...
         n_ensemble: test-time ensemble size; members beyond the first see the features in
-            another random order and the classes under other label ids, and their class
+            another random order (some negated where the model's prior allows it, as a GMM
+            prior's rotations do) and the classes under other label ids, and their class
             probabilities are averaged. 1 = off.
-        random_state: seed of the ensemble's feature orders and label ids.
+        random_state: seed of the ensemble's views and label ids.
         chunk_size: query points per forward pass (bounds memory for large X).
         precision: "float32", or "bfloat16" for the network's matrix products (faster on a GPU
             and on CPUs with AVX512-BF16/AMX; the predictive distribution stays float32).

@@ -162,7 +162,7 @@ def test_ensemble_of_a_linear_readout_model_mixes_its_members(regression_data):
     distribution = ensemble.predict_distribution(X_test)
     assert isinstance(distribution, RiemannMixture) and distribution.batch_shape == (len(X_test),)
     model = pfn.load("gp")
-    members = [model.predict(X[:, m.feature_order], y, X_test[:, m.feature_order]) for m in ensemble.ensemble_]
+    members = [model.predict(m.view(X), y, m.view(X_test)) for m in ensemble.ensemble_]
     targets = torch.as_tensor(y_test, dtype=torch.float32)
     expected = torch.stack([member.log_prob(targets) for member in members]).logsumexp(0) - math.log(3)
     # Chunks of 6 queries against all 15 at once: the readout's float32 features of the same context
@@ -176,6 +176,29 @@ def test_ensemble_of_a_linear_readout_model_mixes_its_members(regression_data):
     np.testing.assert_allclose(distribution.cdf(torch.as_tensor(bands[:, 1], dtype=torch.float32)), 0.5, atol=1e-4)
 
 
+def test_ensembles_mirror_the_features_where_the_prior_is_symmetric():
+    """With one feature, reordering alone gives no other view; under a GP prior the data's mirror
+    image is one (`pfn.ensemble.has_cube_symmetries`), and the members run through the views
+    before repeating one. Not under a learning-curve prior, whose one input is time."""
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-2, 5, size=(30, 1))
+    y = np.sin(X[:, 0]) + 0.05 * rng.normal(size=30)
+    X_test = np.linspace(-2, 5, 9)[:, None]
+    ensemble = PFNRegressor("gp", n_ensemble=4, random_state=0).fit(X, y)
+    assert [bool(m.negated[0]) for m in ensemble.ensemble_] == [False, True, False, True]
+    model = pfn.load("gp")
+    original, mirrored = model.predict(X, y, X_test), model.predict(-X, y, -X_test)
+    expected = torch.stack([original.log_prob(torch.as_tensor(y[:9])), mirrored.log_prob(torch.as_tensor(y[:9]))])
+    np.testing.assert_allclose(
+        ensemble.log_likelihood(X_test, y[:9]), (expected.logsumexp(0) - math.log(2)).numpy(), rtol=1e-4, atol=1e-4
+    )
+    assert not torch.allclose(original.mean, mirrored.mean, atol=1e-4)  # the mirror image is another view
+    curves = PFNRegressor("lc", n_ensemble=3, random_state=0).fit(
+        np.arange(1.0, 11.0)[:, None], np.linspace(0.3, 0.6, 10)
+    )
+    assert not any(m.negated.any() for m in curves.ensemble_)
+
+
 def test_ensembles_are_reproducible_and_average_members(tiny_regressor, tiny_classifier, regression_data):
     X, y, X_test, _ = regression_data
     single = PFNRegressor(tiny_regressor).fit(X, y)
@@ -185,7 +208,7 @@ def test_ensembles_are_reproducible_and_average_members(tiny_regressor, tiny_cla
     assert not np.allclose(a.predict(X_test), single.predict(X_test))  # other feature orders count
     # The ensemble's distribution is the average of its members' distributions.
     model = pfn.load(tiny_regressor)
-    members = [model.predict(X[:, m.feature_order], y, X_test[:, m.feature_order]) for m in a.ensemble_]
+    members = [model.predict(m.view(X), y, m.view(X_test)) for m in a.ensemble_]
     mean_of_members = torch.stack([member.mean for member in members]).mean(0)
     np.testing.assert_allclose(a.predict(X_test), mean_of_members.numpy(), rtol=1e-4, atol=1e-5)
     # Chunks and all at once agree.

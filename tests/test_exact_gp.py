@@ -9,7 +9,7 @@ import torch
 import pfn
 from pfn.baselines import exact_gp_predictive
 from pfn.distributions import RiemannMixture
-from pfn.ensemble import cube_symmetries, cube_view, cube_view_plan, symmetry_ensemble
+from pfn.ensemble import cube_symmetries, cube_view, cube_view_plan, has_cube_symmetries, symmetry_ensemble
 from priors import GPPrior, build_prior
 
 
@@ -154,6 +154,19 @@ def test_cube_view_plans_run_through_every_symmetry_before_repeating_one():
     # Member 1 is `cube_symmetries`' first draw without the identity (as the ensemble tests rebuild it).
     order, reflect = cube_symmetries(40, 2, torch.Generator().manual_seed(1), exclude_identity=True)
     assert torch.equal(two_features[1][0], order) and torch.equal(two_features[1][1], reflect)
+
+
+def test_which_priors_have_the_cube_symmetries():
+    symmetric = {card.name: has_cube_symmetries(pfn.load(card.name).prior) for card in pfn.list_models()}
+    assert symmetric == {
+        "bnn": True,
+        "classifier": True,  # min-max scaled GMMs
+        "gmm": True,
+        "gp": True,
+        "gp_hyper": True,
+        "lc": False,  # time runs one way
+        "regressor": True,  # a mixture of GPs
+    }
 
 
 def test_gp_symmetry_ensemble_mixes_the_model_over_cube_views(tiny_model_path):
