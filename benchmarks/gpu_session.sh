@@ -34,13 +34,14 @@ mkdir -p "$OUT" runs
 #    speed targets, 10,000x for bnn and 1,000x for gp-hyper; `pfn bench --device cuda`), at 10, 50
 #    and 100 points. Four processes, started 12 s apart: each times its PFN on all its context
 #    sizes in its first seconds, before anything else uses the GPU, and then runs NUTS (about 5.5,
-#    5, 1.7 and 2 minutes) on the CPU beside the rest. SKIP_NUTS_SPEED=1 leaves it out. Results
+#    5, 1.7 and 2 minutes) on the CPU beside the rest; with the PFN averaged over each dataset and
+#    its reflection too (`--ensemble 2`). SKIP_NUTS_SPEED=1 leaves it out. Results
 #    and logs come back packed in bench-gpu.tgz.
 BENCH_PIDS=()
 bench() {  # NAME ARGS...: one `pfn bench` in the background
     local name=$1
     shift
-    OMP_NUM_THREADS=1 timeout $(( TOTAL_SECONDS - 40 )) python3 -m pfn.cli bench "$@" --device cuda --budgets 512 \
+    OMP_NUM_THREADS=1 timeout $(( TOTAL_SECONDS - 40 )) python3 -m pfn.cli bench "$@" --device cuda --budgets 512 --ensemble 2 \
         --out_dir "$OUT/bench" --tag "gpu-$name" > "$OUT/bench/$name.log" 2>&1 &
     BENCH_PIDS+=($!)
     sleep 12
