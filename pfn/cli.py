@@ -30,6 +30,7 @@ def _export(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def _predict(args: argparse.Namespace, overrides: list[str]) -> None:
     import numpy as np
+    import torch
 
     import pfn
 
@@ -47,7 +48,23 @@ def _predict(args: argparse.Namespace, overrides: list[str]) -> None:
             f"{args.context}: need feature columns followed by a target column, got {context.shape[1]} column(s)"
         )
     quantiles = [float(q) for q in args.quantiles.split(",")]
-    table = model.predict_table(context[:, :-1], context[:, -1], query, quantiles=quantiles)
+    if args.ensemble < 1:
+        raise SystemExit(f"--ensemble must be >= 1, got {args.ensemble}")
+    if args.ensemble == 1:
+        table = model.predict_table(context[:, :-1], context[:, -1], query, quantiles=quantiles)
+    else:  # the sklearn estimators' views (pfn/estimators.py): one way to build an ensemble
+        from pfn.distributions import CategoricalDistribution
+        from pfn.estimators import PFNClassifier, PFNRegressor
+        from pfn.predictor import predictive_table
+
+        kind = PFNClassifier if model.is_classifier else PFNRegressor
+        settings = {"n_ensemble": args.ensemble, "random_state": args.seed, "device": "cpu"}
+        estimator = kind(args.model, **settings).fit(context[:, :-1], context[:, -1])
+        if model.is_classifier:
+            probs = torch.as_tensor(estimator.predict_proba(query))
+            table = predictive_table(CategoricalDistribution(probs.log()), labels=estimator.classes_)
+        else:
+            table = predictive_table(estimator.predict_distribution(query), quantiles)
     header = ",".join(table)
     rows = np.column_stack(list(table.values()))
     if args.out:
@@ -188,6 +205,14 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--out", help="output CSV (default: stdout)")
     predict.add_argument("--quantiles", default="0.05,0.5,0.95")
     predict.add_argument("--header", action="store_true", help="the CSV files have a header row")
+    predict.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="average over N views of the data (features reordered, and mirrored where the prior allows; "
+        "for a classifier also relabelled), as PFNRegressor / PFNClassifier(n_ensemble=N) do",
+    )
+    predict.add_argument("--seed", type=int, default=0, help="seed of the ensemble's views")
     predict.set_defaults(run=_predict)
 
     bench = commands.add_parser("bench", help="compare a PFN with the exact Bayesian answer on prior data")

@@ -7,6 +7,7 @@ This is the one prediction path; the CLI, the benchmarks and the examples all go
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 
 from pfn.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
 from pfn.config import Config
-from pfn.distributions import CategoricalDistribution, RiemannDistribution
+from pfn.distributions import CategoricalDistribution, RiemannDistribution, RiemannMixture
 from pfn.heads import CategoricalHead, RiemannHead
 from pfn.model import PFNTransformer
 from pfn.network import build_backbone, build_head
@@ -283,15 +284,7 @@ class PFN:
     def predict_table(self, x_context, y_context, x_query, quantiles=(0.05, 0.5, 0.95)) -> dict[str, np.ndarray]:
         """Named numpy columns per query point: mean, standard deviation and quantiles for a
         regression model; the most probable label and each label's probability for a classifier."""
-        distribution = self.predict(x_context, y_context, x_query)
-        if self.is_classifier:
-            table = {"label": distribution.mode}
-            table.update({f"p{label}": distribution.probs[..., label] for label in range(distribution.num_classes)})
-            return {name: column.cpu().numpy() for name, column in table.items()}
-        table = {"mean": distribution.mean, "std": distribution.stddev}
-        for level in quantiles:
-            table[f"q{level:g}"] = distribution.icdf(torch.full(distribution.batch_shape, float(level)))
-        return {name: column.cpu().numpy() for name, column in table.items()}
+        return predictive_table(self.predict(x_context, y_context, x_query), quantiles)
 
     def __repr__(self) -> str:
         model = self.config.model
@@ -300,6 +293,27 @@ class PFN:
             f"PFN(prior={self.config.prior.get('name')!r}, max_features={model.max_features}, "
             f"emsize={model.emsize}, nlayers={model.nlayers}, {outputs})"
         )
+
+
+def predictive_table(
+    distribution: RiemannDistribution | RiemannMixture | CategoricalDistribution,
+    quantiles: Sequence[float] = (0.05, 0.5, 0.95),
+    labels: Sequence[Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Named numpy columns of a predictive distribution over query points [q]: mean, standard
+    deviation and quantiles over a real target; the most probable label and each label's
+    probability over labels (`labels`: the label of each class, default 0..C-1)."""
+    if isinstance(distribution, CategoricalDistribution):
+        labels = list(range(distribution.num_classes)) if labels is None else list(labels)
+        columns = {"label": np.asarray(labels)[distribution.mode.cpu().numpy()]}
+        probs = distribution.probs.cpu().numpy()
+        names = [f"p{label:g}" if isinstance(label, (int, float, np.number)) else f"p{label}" for label in labels]
+        columns.update({name: probs[..., index] for index, name in enumerate(names)})
+        return columns
+    table = {"mean": distribution.mean, "std": distribution.stddev}
+    for level in quantiles:
+        table[f"q{level:g}"] = distribution.icdf(torch.full(distribution.batch_shape, float(level)))
+    return {name: column.cpu().numpy() for name, column in table.items()}
 
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu", precision: str = "float32") -> PFN:

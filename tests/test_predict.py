@@ -10,6 +10,7 @@ import torch
 import pfn
 from pfn.checkpoint import CheckpointError
 from pfn.cli import main
+from pfn.estimators import PFNClassifier, PFNRegressor
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,35 @@ def test_cli_predict_writes_mean_and_quantiles(tmp_path, tiny_model_path, data):
     assert len(table) == 5
     assert (table["q0.05"] < table["q0.5"]).all() and (table["q0.5"] < table["q0.95"]).all()
     np.testing.assert_allclose(table["mean"], pfn.load(tiny_model_path).predict(x, y, xq).mean, rtol=1e-4)
+
+
+def test_cli_predict_averages_an_ensemble_as_the_estimators_do(tmp_path, tiny_model_path):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 3, size=(15, 1))  # one feature: the views are the data and its mirror image
+    y, xq = np.cos(2 * x[:, 0]), np.linspace(-1, 3, 6)[:, None]
+    np.savetxt(tmp_path / "train.csv", np.column_stack([x, y]), delimiter=",")
+    np.savetxt(tmp_path / "test.csv", xq, delimiter=",")
+    files = ["--context", str(tmp_path / "train.csv"), "--query", str(tmp_path / "test.csv")]
+    for size in (1, 2):
+        main(["predict", "--model", "gp", *files, "--ensemble", str(size), "--out", str(tmp_path / f"{size}.csv")])
+    single, pair = (pd.read_csv(tmp_path / f"{size}.csv") for size in (1, 2))
+    assert list(pair.columns) == ["mean", "std", "q0.05", "q0.5", "q0.95"]
+    estimator = PFNRegressor("gp", n_ensemble=2, random_state=0, device="cpu").fit(x, y)
+    np.testing.assert_allclose(pair["mean"], estimator.predict(xq), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pair["q0.95"], estimator.predict_quantiles(xq, (0.95,))[:, 0], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(pair["mean"], single["mean"], atol=1e-5)
+    # A classifier: the context's labels, each with its averaged probability.
+    labels = (x[:, 0] > 1).astype(float)
+    np.savetxt(tmp_path / "labels.csv", np.column_stack([x, labels]), delimiter=",")
+    files = ["--context", str(tmp_path / "labels.csv"), "--query", str(tmp_path / "test.csv")]
+    main(["predict", "--model", "classifier", *files, "--ensemble", "3", "--out", str(tmp_path / "c.csv")])
+    table = pd.read_csv(tmp_path / "c.csv")
+    classifier = PFNClassifier("classifier", n_ensemble=3, random_state=0, device="cpu").fit(x, labels)
+    assert list(table.columns) == ["label", "p0", "p1"]
+    np.testing.assert_allclose(table[["p0", "p1"]], classifier.predict_proba(xq), atol=1e-6)
+    np.testing.assert_array_equal(table["label"], classifier.predict(xq))
+    with pytest.raises(SystemExit, match="--ensemble must be >= 1"):
+        main(["predict", "--model", "gp", *files, "--ensemble", "0"])
 
 
 def test_cli_predict_reads_headers_only_when_told(tmp_path, tiny_model_path, data):
