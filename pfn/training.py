@@ -354,7 +354,8 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     at temperature 1, so predictions are unchanged at the start), gaining `linear_readout` (the
     transformer is kept, the output layer and buckets start afresh), gaining `readout_evidence`
     (its new weight starts at 0.12, near the readout's own guess), gaining `readout_input_scale`
-    (its scales start at 1: predictions unchanged) and `num_buckets`: with another
+    (its scales start at 1: predictions unchanged), more basis functions in a `linear_readout`
+    (the new ones start near zero, `grow_readout_basis`: predictions all but unchanged) and `num_buckets`: with another
     number of buckets the borders are placed for this config and the output layer is rebuilt to
     give the model's own predictive distribution on them (`rebucket_output_layer`); with the same
     number the model's own borders are kept, since its output layer was trained on them; the same
@@ -364,13 +365,14 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
     ours, theirs = module.config, source.config
     name_or_path = ours.train.init_from  # as the user wrote it, for the error messages
     gains_readout = bool(ours.model.linear_readout) and not theirs.model.linear_readout
+    grows_readout = 0 < theirs.model.linear_readout < ours.model.linear_readout
     differing = [
         f"model.{field.name} ({getattr(theirs.model, field.name)!r} there, {getattr(ours.model, field.name)!r} here)"
         for field in dataclasses.fields(ours.model)
         if field.name != "num_buckets"
         and getattr(ours.model, field.name) != getattr(theirs.model, field.name)
         and not (field.name == "learned_temperature" and ours.model.learned_temperature)
-        and not (field.name == "linear_readout" and gains_readout)
+        and not (field.name == "linear_readout" and (gains_readout or grows_readout))
         and not (field.name == "readout_evidence" and ours.model.readout_evidence)
         and not (field.name == "readout_input_scale" and ours.model.readout_input_scale)
         and field.name != "readout_tail_dof"  # a rebucketing, as num_buckets
@@ -388,6 +390,8 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
         # buckets. The new output layer starts at zero (see PFNTransformer), so the predictive
         # starts as the readout's Gaussian, on the trained transformer's tokens.
         state = {key: value for key, value in state.items() if not key.startswith("decoder.2.")}
+    if grows_readout:
+        state = grow_readout_basis(state, module.backbone.state_dict())
     resized = [
         key for key, value in module.backbone.state_dict().items() if key in state and state[key].shape != value.shape
     ]
@@ -419,6 +423,30 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
         "trained_steps": source.metadata.get("trained_steps"),
         "rebucketed": resized,
     }
+
+
+# A new basis function of a grown readout starts this small against the trained ones: squared, far
+# below the prior-to-noise precision ratios the readout uses (about 1e-9 to 1e-4 of the features'
+# scale on nearly noiseless data), so the regression barely sees it, yet not zero, where its
+# gradient would vanish; Adam's steps do not scale with the gradient, so it grows from there.
+NEW_BASIS_SCALE = 1e-5
+
+
+def grow_readout_basis(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A trained backbone's weights (`state`) for a backbone with more readout basis functions
+    (`target`, its state dict): the trained basis functions kept as the first ones, the new ones
+    random and NEW_BASIS_SCALE times as large."""
+    state = dict(state)
+    prefix = "linear_readout.basis."
+    last = max(int(key[len(prefix) :].split(".")[0]) for key in state if key.startswith(prefix))
+    generator = torch.Generator().manual_seed(0)
+    for name in ("weight", "bias"):
+        key = f"{prefix}{last}.{name}"
+        trained, wanted = state[key], target[key]
+        fresh = torch.randn(wanted.shape[0] - trained.shape[0], *trained.shape[1:], generator=generator)
+        scale = NEW_BASIS_SCALE * trained.float().std()
+        state[key] = torch.cat([trained, (scale * fresh).to(trained.dtype)])
+    return state
 
 
 def compile_backbone(module: PFNModule) -> None:

@@ -480,6 +480,29 @@ def test_init_from_can_gain_a_linear_readout(tmp_path, tiny_model_path, evidence
     torch.testing.assert_close(gained.head.distribution(outputs).median, outputs[..., -2], atol=1e-4, rtol=1e-4)
 
 
+def test_init_from_can_grow_a_linear_readout(tmp_path):
+    readout = ("--model.linear_readout", "8", "--model.readout_evidence", "true", "--data.standardize_y", "true")
+    source_path = train(tiny_config(tmp_path / "s", *readout, "--train.max_steps", "3"))
+    init = ("--train.init_from", str(source_path), "--train.max_steps", "1", "--train.lr", "1e-12")
+    grown = pfn.load(train(tiny_config(tmp_path / "g", *readout, "--model.linear_readout", "16", *init)))
+    source = pfn.load(source_path)
+    key = "linear_readout.basis.3.weight"
+    theirs, ours = source.backbone.state_dict()[key], grown.backbone.state_dict()[key]
+    assert ours.shape == (16, theirs.shape[1])
+    torch.testing.assert_close(ours[:8], theirs)
+    assert (ours[8:] != 0).any() and ours[8:].abs().max() < 1e-3 * theirs.abs().max()
+    # The new basis functions are all but invisible: the same predictions to start with.
+    batch = GPPrior().sample(4, 20, 2, torch.Generator().manual_seed(5))
+    data = batch.x[:, :12], batch.y[:, :12], batch.x[:, 12:]
+    before, after = source.predict(*data, normalize=False), grown.predict(*data, normalize=False)
+    torch.testing.assert_close(after.median, before.median, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(after.stddev, before.stddev, atol=1e-3, rtol=1e-2)
+    # Fewer basis functions would drop trained ones: refused.
+    shrink = ("--model.linear_readout", "4", "--train.init_from", str(source_path))
+    with pytest.raises(ValueError, match="another architecture: model.linear_readout"):
+        train(tiny_config(tmp_path / "x", *readout, *shrink, "--train.max_steps", "1"))
+
+
 @pytest.mark.parametrize(
     "extra",
     [
