@@ -7,14 +7,19 @@ this prints the regression's mean NLL per query point minus the exact GP's, for 
 noise variances: the floor that `model.linear_readout: D` could reach with perfect features.
 
     python benchmarks/readout_floor.py   (a few minutes on 2 CPU cores)
+    python benchmarks/readout_floor.py --lengthscale 0.2 --features 3 --nystrom 3000 --datasets 30
+
+(a shorter lengthscale needs more basis functions: `gp_hyper`'s prior puts a fifth of its
+datasets below 0.25).
 """
 
+import argparse
 import math
 
 import torch
 
 LENGTHSCALE, NOISE = 0.6, 1e-4
-NUM_CONTEXT, NUM_QUERIES, NUM_DATASETS, NUM_NYSTROM = 100, 20, 100, 6000
+NUM_CONTEXT, NUM_QUERIES = 100, 20
 
 
 def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -33,14 +38,23 @@ def gaussian_nll(y: torch.Tensor, covariance: torch.Tensor, noise: float) -> tor
 
 
 def main() -> None:
+    global LENGTHSCALE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengthscale", type=float, default=LENGTHSCALE)
+    parser.add_argument("--features", default="3,4,5", help="feature counts, e.g. 3,4,5")
+    parser.add_argument("--nystrom", type=int, default=6000, help="points of the Nystrom decomposition")
+    parser.add_argument("--datasets", type=int, default=100, help="datasets per feature count")
+    args = parser.parse_args()
+    LENGTHSCALE = args.lengthscale
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float64)
-    for num_features in (3, 4, 5):
-        inducing = torch.rand(NUM_NYSTROM, num_features)
+    print(f"lengthscale {LENGTHSCALE}, {args.datasets} datasets per feature count, {args.nystrom} Nystrom points")
+    for num_features in (int(f) for f in args.features.split(",")):
+        inducing = torch.rand(args.nystrom, num_features)
         eigenvalues, eigenvectors = torch.linalg.eigh(kernel(inducing, inducing))
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)  # largest first
         gaps: dict[tuple[int, float], list[torch.Tensor]] = {}
-        for _ in range(NUM_DATASETS):
+        for _ in range(args.datasets):
             x = torch.rand(NUM_CONTEXT + NUM_QUERIES, num_features)
             covariance = kernel(x, x)
             noisy = covariance + NOISE * torch.eye(len(x))
@@ -48,6 +62,8 @@ def main() -> None:
             exact = gaussian_nll(y, covariance, NOISE)
             to_inducing = kernel(x, inducing)
             for num_basis in (128, 256, 512, 1024):
+                if num_basis > args.nystrom:
+                    continue
                 features = to_inducing @ eigenvectors[:, :num_basis] / eigenvalues[:num_basis].sqrt()
                 for noise in (NOISE, 3 * NOISE, 10 * NOISE):
                     gap = gaussian_nll(y, features @ features.T, noise) - exact
