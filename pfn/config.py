@@ -59,9 +59,10 @@ class ModelConfig:
     # off by 1e-3..5e-3; benchmarks/results/gp-hyper-precision-2026-11-27.md). Its batched
     # Cholesky solves cannot be captured in a CUDA graph, so a CUDA GPU trains such a model
     # compiled without CUDA graphs. How many it needs grows with the features and shrinks with the
-    # lengthscale: at lengthscale 0.2 in 3 features the kernel's own top 128 eigenfunctions are
-    # 0.85 nats/point short of the exact GP at 100 points, 256 are exact (`benchmarks/readout_floor.py
-    # --lengthscale 0.2 --features 3`). A model gains more through train.init_from.
+    # lengthscale: at lengthscale 0.2 the kernel's own top 128 eigenfunctions are 1.1 nats/point
+    # short of the exact GP at 100 points in 3 features and 29 in 5; 256 are exact in 3 and 0.87
+    # short in 5 (benchmarks/results/readout-floor-short-lengthscale-2026-12-08.md). A model
+    # gains more through train.init_from.
     linear_readout: int = 0
     # With linear_readout: move the readout's prior and noise precisions from the network's guess
     # towards their posterior means under each context's evidence (the Bayesian linear
