@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import pfn
-from pfn.model import EVIDENCE_GRID_POINTS, MAX_LOG_ALPHA, MAX_LOG_BETA, MIN_PRIOR_RATIO
+from pfn.model import evidence_on_grid
 from priors import build_prior
 
 FACTOR_SETS = {
@@ -32,26 +32,10 @@ FACTOR_SETS = {
 
 def log_evidence(phi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """log p(y | features), up to a constant shared by every feature map: phi [b, c, D], y [b, c]
-    (centred) -> [b]. The integrand of `evidence_precisions`' posterior over log(alpha / beta),
-    summed over its grid instead of normalised."""
-    phi, y = phi.double(), y.double()
-    num_points, num_basis = phi.shape[1], phi.shape[2]
-    if num_points < num_basis:
-        eigenvalues, eigenvectors = torch.linalg.eigh(phi @ phi.mT)
-        eigenvalues = eigenvalues.clamp_min(0)
-        rotated = eigenvalues * (eigenvectors.mT @ y[..., None])[..., 0].square()
-    else:
-        eigenvalues, eigenvectors = torch.linalg.eigh(phi.mT @ phi)
-        eigenvalues = eigenvalues.clamp_min(0)
-        rotated = (eigenvectors.mT @ phi.mT @ y[..., None])[..., 0].square()
-    grid = torch.linspace(
-        math.log(MIN_PRIOR_RATIO), MAX_LOG_ALPHA + MAX_LOG_BETA, EVIDENCE_GRID_POINTS, dtype=torch.float64
-    )
-    shifted = grid.exp()[None, :, None] + eigenvalues[:, None, :]  # [b, G, m]
-    y_squared = y.square().sum(-1, keepdim=True)
-    residual = torch.maximum(y_squared - (rotated[:, None, :] / shifted).sum(-1), 1e-13 * y_squared)
-    log_det = shifted.log().sum(-1) + (num_basis - eigenvalues.shape[-1]) * grid
-    return (0.5 * num_basis * grid - 0.5 * num_points * residual.log() - 0.5 * log_det).logsumexp(-1)
+    (centred) -> [b]; the readout's own evidence (`pfn.model.evidence_on_grid`) summed over its
+    grid instead of normalised."""
+    _, log_density, _, _ = evidence_on_grid(phi, y, phi.shape[1])
+    return log_density.logsumexp(-1)
 
 
 def scaled_prediction(model, x_context, y_context, x_query, y_query, factor):

@@ -136,8 +136,8 @@ def symmetry_ensemble(
     prior = build_prior(model.prior_spec)
     if model.is_classifier and isinstance(prior, GMMPrior):
         return _gmm_ensemble(model, prior, x_context, y_context, x_query, num_members, generator)
-    if not model.is_classifier and has_cube_symmetries(prior) and prior.input_scaling().kind == "range":
-        scaling = prior.input_scaling()
+    scaling = prior.input_scaling() if not model.is_classifier and has_cube_symmetries(prior) else None
+    if scaling is not None and scaling.kind == "range":
         return _cube_ensemble(model, (scaling.low, scaling.high), x_context, y_context, x_query, num_members, generator)
     raise ValueError(
         "symmetry ensembles need a classifier of a GMM prior or a regressor of a GP or BNN prior (or a "

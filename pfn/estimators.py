@@ -152,10 +152,8 @@ class _PFNEstimator(BaseEstimator):
             plan = cube_view_plan(1, num_features, self.n_ensemble, generator)
             views = [(order[0].numpy(), negated[0].numpy()) for order, negated in plan]
         else:  # feature orders alone
-            identity = np.arange(num_features)
-            views = [
-                (identity if i == 0 else rng.permutation(num_features), identity < 0) for i in range(self.n_ensemble)
-            ]
+            orders = [np.arange(num_features)] + [rng.permutation(num_features) for _ in range(self.n_ensemble - 1)]
+            views = [(order, np.zeros(num_features, dtype=bool)) for order in orders]
         members = []
         for index, (order, negated) in enumerate(views):
             if num_classes is None:

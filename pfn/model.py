@@ -115,6 +115,42 @@ INITIAL_EVIDENCE_LOGIT = -2.0
 MAX_LOG_INPUT_SCALE = 4.0  # the readout's per-dataset input scales stay in [e^-4, e^4]
 
 
+def evidence_on_grid(
+    phi_context: torch.Tensor, y_context: torch.Tensor, num_context: torch.Tensor | int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The log evidence of `evidence_precisions`, with beta integrated out, at each point of its
+    grid over log(alpha / beta), up to a constant shared by every feature map of the same points:
+    grid [G], log density [b, G], the residual Q [b, G] and the point count N (float64, []).
+    Its softmax over the grid is the posterior over log(alpha / beta); its logsumexp compares
+    feature maps. Shapes and arguments as in `evidence_precisions`."""
+    phi_context, y_context = phi_context.double(), y_context.double()
+    num_basis = phi_context.shape[-1]
+    if phi_context.shape[1] < num_basis:
+        eigenvalues, eigenvectors = torch.linalg.eigh(phi_context @ phi_context.mT)  # [b, c], [b, c, c]
+        eigenvalues = eigenvalues.clamp_min(0)
+        rotated = eigenvalues * (eigenvectors.mT @ rearrange(y_context, "b c -> b c 1"))[..., 0].square()
+    else:
+        eigenvalues, eigenvectors = torch.linalg.eigh(phi_context.mT @ phi_context)  # [b, D], [b, D, D]
+        eigenvalues = eigenvalues.clamp_min(0)
+        rotated = (eigenvectors.mT @ phi_context.mT @ rearrange(y_context, "b c -> b c 1"))[..., 0].square()
+    grid = torch.linspace(
+        math.log(MIN_PRIOR_RATIO),
+        MAX_LOG_ALPHA + MAX_LOG_BETA,
+        EVIDENCE_GRID_POINTS,
+        dtype=torch.float64,
+        device=phi_context.device,
+    )  # [G]
+    shifted = rearrange(grid.exp(), "g -> 1 g 1") + rearrange(eigenvalues, "b m -> b 1 m")  # [b, G, m]
+    y_squared = rearrange(y_context.square().sum(-1), "b -> b 1")
+    residual = y_squared - (rearrange(rotated, "b m -> b 1 m") / shifted).sum(-1)  # Q: [b, G]
+    # Q is a difference of near-equal sums on (nearly) noiseless data: keep it positive.
+    residual = torch.maximum(residual, 1e-13 * y_squared.clamp_min(1e-30))
+    num_points = torch.as_tensor(num_context, dtype=torch.float64, device=phi_context.device).clamp_min(2)
+    log_det = shifted.log().sum(-1) + (num_basis - eigenvalues.shape[-1]) * grid  # log det A: [b, G]
+    log_density = 0.5 * num_basis * grid - 0.5 * num_points * residual.log() - 0.5 * log_det
+    return grid, log_density, residual, num_points
+
+
 def evidence_precisions(
     phi_context: torch.Tensor, y_context: torch.Tensor, num_context: torch.Tensor | int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -140,31 +176,8 @@ def evidence_precisions(
     rho's posterior spreads to the grid's floor, and its std says so.
     """
     with torch.no_grad():
-        phi_context, y_context = phi_context.double(), y_context.double()
-        num_basis = phi_context.shape[-1]
-        if phi_context.shape[1] < num_basis:
-            eigenvalues, eigenvectors = torch.linalg.eigh(phi_context @ phi_context.mT)  # [b, c], [b, c, c]
-            eigenvalues = eigenvalues.clamp_min(0)
-            rotated = eigenvalues * (eigenvectors.mT @ rearrange(y_context, "b c -> b c 1"))[..., 0].square()
-        else:
-            eigenvalues, eigenvectors = torch.linalg.eigh(phi_context.mT @ phi_context)  # [b, D], [b, D, D]
-            eigenvalues = eigenvalues.clamp_min(0)
-            rotated = (eigenvectors.mT @ phi_context.mT @ rearrange(y_context, "b c -> b c 1"))[..., 0].square()
-        grid = torch.linspace(
-            math.log(MIN_PRIOR_RATIO),
-            MAX_LOG_ALPHA + MAX_LOG_BETA,
-            EVIDENCE_GRID_POINTS,
-            dtype=torch.float64,
-            device=phi_context.device,
-        )  # [G]
-        shifted = rearrange(grid.exp(), "g -> 1 g 1") + rearrange(eigenvalues, "b m -> b 1 m")  # [b, G, m]
-        y_squared = rearrange(y_context.square().sum(-1), "b -> b 1")
-        residual = y_squared - (rearrange(rotated, "b m -> b 1 m") / shifted).sum(-1)  # Q: [b, G]
-        # Q is a difference of near-equal sums on (nearly) noiseless data: keep it positive.
-        residual = torch.maximum(residual, 1e-13 * y_squared.clamp_min(1e-30))
-        num_points = torch.as_tensor(num_context, dtype=torch.float64, device=phi_context.device).clamp_min(2)
-        log_det = shifted.log().sum(-1) + (num_basis - eigenvalues.shape[-1]) * grid  # log det A: [b, G]
-        posterior = torch.softmax(0.5 * num_basis * grid - 0.5 * num_points * residual.log() - 0.5 * log_det, -1)
+        grid, log_density, residual, num_points = evidence_on_grid(phi_context, y_context, num_context)
+        posterior = torch.softmax(log_density, -1)
         log_ratio = (posterior * grid).sum(-1)
         log_ratio_std = (posterior * (grid - rearrange(log_ratio, "b -> b 1")).square()).sum(-1).sqrt()
         log_beta = (posterior * (torch.digamma(num_points / 2) - (residual / 2).log())).sum(-1)

@@ -390,11 +390,10 @@ def initialize_from(module: PFNModule, source: PFN) -> dict[str, Any]:
         # buckets. The new output layer starts at zero (see PFNTransformer), so the predictive
         # starts as the readout's Gaussian, on the trained transformer's tokens.
         state = {key: value for key, value in state.items() if not key.startswith("decoder.2.")}
+    target = module.backbone.state_dict()
     if grows_readout:
-        state = grow_readout_basis(state, module.backbone.state_dict())
-    resized = [
-        key for key, value in module.backbone.state_dict().items() if key in state and state[key].shape != value.shape
-    ]
+        state = grow_readout_basis(state, target)
+    resized = [key for key, value in target.items() if key in state and state[key].shape != value.shape]
     module.backbone.load_state_dict({key: value for key, value in state.items() if key not in resized}, strict=False)
     # (A gained readout keeps its head's fresh buckets.)
     if ours.model.head == "riemann" and not gains_readout:
